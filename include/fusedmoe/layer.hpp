@@ -1,0 +1,69 @@
+// A MoE layer: created once from a config and packed weights, then called with forward().
+//
+//   auto packed = fusedmoe::pack_weights(config, weights, fusedmoe::Backend::cpu);
+//   auto layer = fusedmoe::Layer::create(config, std::move(packed.value()));
+//   std::vector<std::byte> ws(layer->workspace_size(tokens));
+//   fusedmoe::Status s = layer->forward({.x = x, .out = out, .workspace = {ws.data(), ws.size()}});
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "fusedmoe/config.hpp"
+#include "fusedmoe/status.hpp"
+#include "fusedmoe/tensor.hpp"
+#include "fusedmoe/weights.hpp"
+
+namespace fusedmoe {
+
+struct Workspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+struct ForwardArgs {
+  ConstTensorRef x;  // [T, H], layer dtype; rows may be strided (stride(1) must be 1)
+  TensorRef out;     // [T, H], layer dtype (or f32 on the reference backend); fully written
+  Workspace workspace;  // at least workspace_size(T) bytes on the backend's device
+  // RoutingKind::precomputed only: ids [T, k] int32 and weights [T, k] f32. An id outside
+  // [0, E) contributes zero for its slot and is counted (see Layer::take_invalid_id_count).
+  ConstTensorRef topk_ids;
+  ConstTensorRef topk_weights;
+  // Optional: the chosen ids [T, k] int32 and routing weights [T, k] f32, written when present.
+  TensorRef ids_out;
+  TensorRef weights_out;
+  void* stream = nullptr;  // CUDA backend: the cudaStream_t to run on (nullptr: default stream)
+};
+
+class Layer {
+ public:
+  struct Impl;
+
+  static Result<Layer> create(const LayerConfig& config, PackedWeights&& weights);
+
+  Layer(Layer&&) noexcept;
+  Layer& operator=(Layer&&) noexcept;
+  ~Layer();
+
+  const LayerConfig& config() const;
+  Backend backend() const;
+  // Bytes of workspace forward() needs for `tokens` rows; a pure function of config and tokens.
+  std::size_t workspace_size(std::int64_t tokens) const;
+
+  // Computes out = MoE(x). Deterministic, and a token's output does not depend on the other
+  // tokens of the batch. Safe to call from several threads with distinct workspaces and outputs.
+  // T = 0 returns ok and does nothing. On error the caller's tensors are left untouched.
+  Status forward(const ForwardArgs& args) const;
+  // Convenience: forward with a workspace owned by the layer (grown as needed). Not thread-safe.
+  Status forward(ConstTensorRef x, TensorRef out);
+
+  // Precomputed ids outside [0, E) seen since the last call; resets the count.
+  std::int64_t take_invalid_id_count() const;
+
+ private:
+  explicit Layer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fusedmoe

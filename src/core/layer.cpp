@@ -1,0 +1,131 @@
+#include "fusedmoe/layer.hpp"
+
+#include <new>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/check.hpp"
+
+namespace fusedmoe {
+
+struct Layer::Impl {
+  LayerConfig config;
+  PackedWeights weights;
+  const core::BackendOps* ops = nullptr;
+  std::vector<std::byte> owned_workspace;  // for the convenience forward()
+};
+
+Layer::Layer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Layer::Layer(Layer&&) noexcept = default;
+Layer& Layer::operator=(Layer&&) noexcept = default;
+Layer::~Layer() = default;
+
+Result<Layer> Layer::create(const LayerConfig& config, PackedWeights&& weights) {
+  FUSEDMOE_RETURN_IF_ERROR(validate(config));
+  if (weights.impl() == nullptr) {
+    return Status{StatusCode::invalid_argument, "weights are empty (not from pack_weights)"};
+  }
+  if (!(weights.impl()->config == config)) {
+    return Status{StatusCode::invalid_argument,
+                  "weights were packed for another layer configuration"};
+  }
+  const core::BackendOps* ops = core::backend_ops(weights.backend());
+  if (ops == nullptr) {
+    return Status{StatusCode::unsupported_arch, "the " + std::string(to_string(weights.backend())) +
+                                                    " backend is not available"};
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->weights = std::move(weights);
+  impl->ops = ops;
+  return Layer(std::move(impl));
+}
+
+const LayerConfig& Layer::config() const { return impl_->config; }
+Backend Layer::backend() const { return impl_->ops->kind(); }
+
+std::size_t Layer::workspace_size(std::int64_t tokens) const {
+  return tokens <= 0 ? 0 : impl_->ops->workspace_size(impl_->config, tokens);
+}
+
+std::int64_t Layer::take_invalid_id_count() const {
+  return impl_->weights.impl()->invalid_ids.exchange(0);
+}
+
+namespace {
+
+Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const ForwardArgs& a,
+                     std::size_t workspace_needed) {
+  const Device dev = ops.device();
+  if (!a.x.present()) return {StatusCode::null_pointer, "x is required but absent"};
+  if (a.x.rank != 2) {
+    return {StatusCode::invalid_shape, "x must be [T, " + std::to_string(c.hidden) + "], got " +
+                                           describe(a.x)};
+  }
+  const std::int64_t t = a.x.size(0), k = c.top_k;
+  FUSEDMOE_RETURN_IF_ERROR(core::check_tensor(a.x, {"x", {t, c.hidden}, {c.dtype}, dev, true}));
+  const DType out_dtype = ops.writes_f32_out() && a.out.dtype == DType::f32 ? DType::f32 : c.dtype;
+  FUSEDMOE_RETURN_IF_ERROR(
+      core::check_tensor(a.out, {"out", {t, c.hidden}, {out_dtype}, dev, true}));
+  if (c.routing.kind == RoutingKind::precomputed) {
+    FUSEDMOE_RETURN_IF_ERROR(
+        core::check_tensor(a.topk_ids, {"topk_ids", {t, k}, {DType::i32}, dev}));
+    FUSEDMOE_RETURN_IF_ERROR(
+        core::check_tensor(a.topk_weights, {"topk_weights", {t, k}, {DType::f32}, dev}));
+  } else {
+    FUSEDMOE_RETURN_IF_ERROR(
+        core::check_absent(a.topk_ids, "topk_ids", "routing is not precomputed"));
+    FUSEDMOE_RETURN_IF_ERROR(
+        core::check_absent(a.topk_weights, "topk_weights", "routing is not precomputed"));
+  }
+  FUSEDMOE_RETURN_IF_ERROR(
+      core::check_optional_tensor(a.ids_out, {"ids_out", {t, k}, {DType::i32}, dev}));
+  FUSEDMOE_RETURN_IF_ERROR(
+      core::check_optional_tensor(a.weights_out, {"weights_out", {t, k}, {DType::f32}, dev}));
+  if (a.workspace.bytes < workspace_needed) {
+    return {StatusCode::workspace_too_small,
+            "workspace has " + std::to_string(a.workspace.bytes) + " bytes, forward needs " +
+                std::to_string(workspace_needed) + " for T = " + std::to_string(t)};
+  }
+  if (workspace_needed > 0 && a.workspace.data == nullptr) {
+    return {StatusCode::null_pointer, "workspace.data is null"};
+  }
+  return {};
+}
+
+}  // namespace
+
+Status Layer::forward(const ForwardArgs& args) const {
+  const std::int64_t tokens = args.x.rank == 2 ? args.x.size(0) : 0;
+  FUSEDMOE_RETURN_IF_ERROR(
+      check_forward(impl_->config, *impl_->ops, args, workspace_size(tokens)));
+  if (tokens == 0) return {};
+  try {
+    return impl_->ops->forward(*impl_->weights.impl(), args);
+  } catch (const std::bad_alloc&) {
+    return {StatusCode::out_of_memory, "forward ran out of memory"};
+  }
+}
+
+Status Layer::forward(ConstTensorRef x, TensorRef out) {
+  const std::int64_t tokens = x.rank == 2 ? x.size(0) : 0;
+  const std::size_t needed = workspace_size(tokens);
+  if (impl_->ops->device().kind != DeviceKind::cpu) {
+    return {StatusCode::invalid_argument,
+            "forward(x, out) owns a host workspace: pass ForwardArgs with a device workspace"};
+  }
+  try {
+    if (impl_->owned_workspace.size() < needed) impl_->owned_workspace.resize(needed);
+  } catch (const std::bad_alloc&) {
+    return {StatusCode::out_of_memory, "allocating a " + std::to_string(needed) +
+                                           "-byte workspace failed"};
+  }
+  ForwardArgs args;
+  args.x = x;
+  args.out = out;
+  args.workspace = {impl_->owned_workspace.data(), impl_->owned_workspace.size()};
+  return forward(args);
+}
+
+}  // namespace fusedmoe
