@@ -1,0 +1,175 @@
+// What run, verify and bench share: choosing the layers, fitting them into this machine's memory,
+// random weights and rotated inputs, packed layers with their workspace, and one timed
+// measurement with its floor.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "args.hpp"
+#include "fusedmoe/layer.hpp"
+#include "fusedmoe/workload.hpp"
+#include "fusedmoe_bench/json.hpp"
+#include "fusedmoe_bench/machine.hpp"
+#include "fusedmoe_bench/roofline.hpp"
+#include "fusedmoe_bench/timing.hpp"
+
+namespace fusedmoe::cli {
+
+// Exit statuses of the command.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // a library error, a failed check, a skipped case
+inline constexpr int kExitUsage = 2;    // bad command line
+
+struct LayerCase {
+  std::string name;    // preset name or "custom"
+  LayerConfig config;  // with the requested dtype
+};
+
+// The layers the options name, in order.
+std::vector<LayerCase> selected_layers(const Options& options);
+
+// `config` with Zipf-skewed precomputed routing when skew > 0; unchanged otherwise.
+LayerConfig with_skew(LayerConfig config, double skew);
+
+// BackendChoice::best becomes fusedmoe::best_backend().
+Backend resolve_backend(BackendChoice choice);
+// unsupported_arch when this build or machine cannot run `backend`.
+Status check_backend(Backend backend);
+
+// "impl" of the results: "fusedmoe-cpu", "fusedmoe-reference", "fusedmoe-cuda".
+std::string impl_name(Backend backend);
+
+// "softmax-norm", "deepseek (sigmoid, 8 groups keep 4, bias, x2.5)", ...
+std::string routing_summary(const Routing& routing);
+// "H=2048 I=768 E=128 k=8, routing softmax-norm, swiglu, no shared expert"
+std::string describe_layer(const LayerConfig& config);
+
+// ---- memory guard -----------------------------------------------------------------------------
+
+struct MemoryFit {
+  LayerConfig config;  // the layer to build: the requested one, or with fewer routed experts
+  bool fits = true;    // false: not even the smallest version fits; skip the layer
+  bool reduced = false;
+  std::string note;  // why and what, for the output; empty when nothing changed
+};
+
+// Fits `copies` copies of the layer's weights (host weights plus each packed copy) into 60% of
+// MemAvailable by reducing the routed experts (fusedmoe::with_experts) as little as needed.
+MemoryFit fit_in_memory(std::string_view name, const LayerConfig& config, int copies);
+
+// ---- inputs -----------------------------------------------------------------------------------
+
+struct Workload {
+  std::int64_t tokens = 0;
+  double skew = 0;
+  std::vector<HostTensor> x;        // [T, H] per batch, Gaussian
+  std::vector<HostTensor> ids;      // precomputed routing only: [T, k] int32 per batch
+  std::vector<HostTensor> weights;  // precomputed routing only: [T, k] f32 per batch
+  int batches() const { return static_cast<int>(x.size()); }
+};
+
+// How many input batches to cycle for T tokens: several, so the experts hit change from call to
+// call, but no more than about 256 MiB of inputs.
+int rotation_batches(const LayerConfig& config, std::int64_t tokens);
+
+// `batches` different input batches (and routings, for precomputed routing: Zipf with `skew`).
+Workload make_workload(const LayerConfig& config, std::int64_t tokens, int batches, double skew,
+                       std::uint64_t seed);
+
+// ---- packed layers ----------------------------------------------------------------------------
+
+// One backend's layer, packed `copies` times into separate memory (cycled so that a small layer's
+// weights are not all cache-resident), with its output and workspace.
+class LayerRunner {
+ public:
+  static Result<LayerRunner> create(const LayerConfig& config, const HostWeights& weights,
+                                    Backend backend, int copies);
+
+  Backend backend() const { return backend_; }
+  DType out_dtype() const { return out_dtype_; }
+  std::size_t packed_bytes() const { return packed_bytes_; }
+  int copies() const { return static_cast<int>(layers_.size()); }
+
+  // One forward of repetition `rep`: weight copy rep % copies, input batch rep % batches.
+  // ids_out / weights_out are optional ([T, k] int32 / f32).
+  Status forward(const Workload& work, int rep, TensorRef ids_out = {}, TensorRef weights_out = {});
+  // The output of the last forward, [T, H] of out_dtype().
+  const HostTensor& out() const { return out_; }
+
+ private:
+  struct AlignedDelete {
+    void operator()(std::byte* p) const;
+  };
+
+  Backend backend_ = Backend::cpu;
+  DType out_dtype_ = DType::f32;
+  std::size_t packed_bytes_ = 0;
+  std::vector<Layer> layers_;
+  HostTensor out_;
+  std::int64_t out_tokens_ = -1;
+  std::unique_ptr<std::byte[], AlignedDelete> workspace_;
+  std::size_t workspace_bytes_ = 0;
+};
+
+// How many weight copies to cycle so that a copy's weights have left the last-level cache before
+// it is used again (twice the LLC streamed in between, at T = 1); 1 for layers whose experts
+// alone exceed that, and at most 1 GiB of copies.
+int weight_copies(const LayerConfig& config, std::int64_t llc_bytes);
+
+// ---- measuring ------------------------------------------------------------------------------
+
+struct Measurement {
+  bench::TimingStats time;
+  double experts_hit = 0;  // distinct routed experts per batch, mean over the batches
+  bench::LayerWork work;
+  bench::Floor floor;
+  double pct_of_floor() const { return time.median_us > 0 ? 100.0 * floor.us / time.median_us : 0; }
+  double gbps() const { return time.median_us > 0 ? work.bytes / (time.median_us * 1e3) : 0; }
+  double gflops() const { return time.median_us > 0 ? work.flops / (time.median_us * 1e3) : 0; }
+};
+
+// Distinct experts each batch routes to (one forward per batch, which also warms the layer up).
+Result<double> mean_experts_hit(LayerRunner& runner, const Workload& work, const LayerConfig& c);
+
+// Warm-up, timed repetitions, and the floor for `experts_hit` under the measured ceilings.
+Result<Measurement> measure(LayerRunner& runner, const Workload& work, const LayerConfig& config,
+                            double experts_hit, int warmup, int reps,
+                            const bench::Ceilings& ceilings);
+
+// Rough costs in microseconds, for the progress bar's ETA only (never reported as results):
+// random weights and packing stream the weights at roughly 200 MB/s; a backend call takes about
+// twice its floor; the reference computes about 1.2 GFLOP/s per core.
+double estimate_random_weights_us(const LayerConfig& config);
+double estimate_pack_us(const LayerConfig& config, int copies);
+double estimate_calls_us(const LayerConfig& config, std::int64_t tokens, int calls, Backend backend,
+                         const bench::Ceilings& ceilings);
+
+// "12.3 GB", "850 MB": decimal units, as the floor's GB/s.
+std::string format_bytes(double bytes);
+
+// One timed result, as run and bench report it.
+struct ResultRow {
+  std::string preset;
+  LayerConfig config;  // as run (after the memory guard and skew)
+  std::int64_t tokens = 0;
+  double skew = 0;
+  Backend backend = Backend::cpu;
+  Measurement m;
+};
+
+// The JSON Lines record of a result: what ran (preset, sizes, tokens, skew, impl, dtype), its
+// times and floor, the ceilings measured in the same run, and where it ran (device, date, commit,
+// command), so that a line read on its own can be reproduced.
+bench::JsonObject result_json(const ResultRow& row, const bench::MachineInfo& machine,
+                              const bench::Ceilings& ceilings, const std::string& command);
+
+// "read 18.2 GB/s (1.07 GB, median of 7 passes, 2 threads); fp32 FMA 210 GFLOP/s (avx512f)"
+std::string describe_ceilings(const bench::Ceilings& ceilings);
+
+}  // namespace fusedmoe::cli
