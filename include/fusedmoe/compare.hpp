@@ -9,6 +9,9 @@
 
 namespace fusedmoe {
 
+// CONTRACT.md states tolerances for O(1) data: atol is for a reference of RMS 1 and grows with
+// the reference's RMS above that (an element that cancels to ~0 keeps the rounding error of the
+// terms it came from, which scale with the data).
 struct Tolerance {
   double atol = 0;
   double rtol = 0;

@@ -4,7 +4,8 @@
  * function aborts or throws. Structs only ever grow at their end, and every struct a caller fills
  * starts with `struct_size` (set it to sizeof the struct your header declares), so a library
  * newer than your header still reads your call correctly. The message of the last failed call on
- * the calling thread is fusedmoe_last_error().
+ * the calling thread is fusedmoe_last_error(). Every enum spans 32 bits (its *_MAX_ENUM value), so
+ * any int32 a caller passes is a defined value, and values out of range are rejected.
  *
  *   fusedmoe_layer_config cfg;
  *   fusedmoe_preset_config("qwen3-30b-a3b", &cfg);
@@ -37,42 +38,52 @@ typedef enum fusedmoe_status {
   FUSEDMOE_UNSUPPORTED_CONFIG = 9,
   FUSEDMOE_CUDA_ERROR = 10,
   FUSEDMOE_OUT_OF_MEMORY = 11,
-  FUSEDMOE_IO_ERROR = 12
+  FUSEDMOE_IO_ERROR = 12,
+  FUSEDMOE_STATUS_MAX_ENUM = 0x7fffffff
 } fusedmoe_status;
 
 typedef enum fusedmoe_dtype {
   FUSEDMOE_F32 = 0,
   FUSEDMOE_F16 = 1,
   FUSEDMOE_BF16 = 2,
-  FUSEDMOE_I32 = 3
+  FUSEDMOE_I32 = 3,
+  FUSEDMOE_DTYPE_MAX_ENUM = 0x7fffffff
 } fusedmoe_dtype;
 
-typedef enum fusedmoe_device_kind { FUSEDMOE_DEVICE_CPU = 0, FUSEDMOE_DEVICE_CUDA = 1 } fusedmoe_device_kind;
+typedef enum fusedmoe_device_kind {
+  FUSEDMOE_DEVICE_CPU = 0,
+  FUSEDMOE_DEVICE_CUDA = 1,
+  FUSEDMOE_DEVICE_KIND_MAX_ENUM = 0x7fffffff
+} fusedmoe_device_kind;
 
 typedef enum fusedmoe_backend {
   FUSEDMOE_BACKEND_REFERENCE = 0,
   FUSEDMOE_BACKEND_CPU = 1,
-  FUSEDMOE_BACKEND_CUDA = 2
+  FUSEDMOE_BACKEND_CUDA = 2,
+  FUSEDMOE_BACKEND_MAX_ENUM = 0x7fffffff
 } fusedmoe_backend;
 
 typedef enum fusedmoe_routing_kind {
   FUSEDMOE_ROUTING_SOFTMAX_TOPK = 0,
   FUSEDMOE_ROUTING_SIGMOID_TOPK = 1,
   FUSEDMOE_ROUTING_TOPK_SOFTMAX = 2,
-  FUSEDMOE_ROUTING_PRECOMPUTED = 3
+  FUSEDMOE_ROUTING_PRECOMPUTED = 3,
+  FUSEDMOE_ROUTING_KIND_MAX_ENUM = 0x7fffffff
 } fusedmoe_routing_kind;
 
 typedef enum fusedmoe_activation {
   FUSEDMOE_ACTIVATION_SWIGLU = 0,
   FUSEDMOE_ACTIVATION_GEGLU = 1,
-  FUSEDMOE_ACTIVATION_SWIGLU_OSS = 2
+  FUSEDMOE_ACTIVATION_SWIGLU_OSS = 2,
+  FUSEDMOE_ACTIVATION_MAX_ENUM = 0x7fffffff
 } fusedmoe_activation;
 
 typedef enum fusedmoe_weight_layout {
   FUSEDMOE_LAYOUT_GATE_UP_ROWS = 0,
   FUSEDMOE_LAYOUT_UP_GATE_ROWS = 1,
   FUSEDMOE_LAYOUT_INTERLEAVED_COLS = 2,
-  FUSEDMOE_LAYOUT_SEPARATE = 3
+  FUSEDMOE_LAYOUT_SEPARATE = 3,
+  FUSEDMOE_WEIGHT_LAYOUT_MAX_ENUM = 0x7fffffff
 } fusedmoe_weight_layout;
 
 /* A non-owning tensor reference; strides in elements. data == NULL and rank == 0: absent. */

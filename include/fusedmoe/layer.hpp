@@ -17,6 +17,9 @@
 
 namespace fusedmoe {
 
+// Workspace memory must start at a multiple of this (operator new and cudaMalloc both do).
+inline constexpr std::size_t kWorkspaceAlignment = 16;
+
 struct Workspace {
   void* data = nullptr;
   std::size_t bytes = 0;
@@ -25,7 +28,7 @@ struct Workspace {
 struct ForwardArgs {
   ConstTensorRef x;  // [T, H], layer dtype; rows may be strided (stride(1) must be 1)
   TensorRef out;     // [T, H], layer dtype (or f32 on the reference backend); fully written
-  Workspace workspace;  // at least workspace_size(T) bytes on the backend's device
+  Workspace workspace;  // workspace_size(T) bytes on the backend's device, kWorkspaceAlignment-aligned
   // RoutingKind::precomputed only: ids [T, k] int32 and weights [T, k] f32. An id outside
   // [0, E) contributes zero for its slot and is counted (see Layer::take_invalid_id_count).
   ConstTensorRef topk_ids;

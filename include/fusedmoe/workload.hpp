@@ -23,6 +23,11 @@ class HostTensor {
  public:
   HostTensor() = default;
   HostTensor(DType dtype, std::initializer_list<std::int64_t> shape);
+  HostTensor(const HostTensor&) = delete;
+  HostTensor& operator=(const HostTensor&) = delete;
+  HostTensor(HostTensor&& other) noexcept;
+  HostTensor& operator=(HostTensor&& other) noexcept;
+  ~HostTensor() = default;
   TensorRef ref() { return view_; }
   ConstTensorRef ref() const { return view_; }
   ConstTensorRef cref() const { return view_; }
@@ -44,11 +49,17 @@ struct WorkloadOptions {
   WeightLayout layout = WeightLayout::gate_up_rows;
 };
 
-// Random weights for a layer, in a chosen user layout. Gaussian weights are scaled by
+// Random weights for a layer, in a chosen user layout. Move-only (view() points into it). Gaussian weights are scaled by
 // 1/sqrt(fan_in) so that activations stay O(1) through the layer.
 class HostWeights {
  public:
   static HostWeights random(const LayerConfig& config, const WorkloadOptions& options);
+  HostWeights() = default;
+  HostWeights(const HostWeights&) = delete;
+  HostWeights& operator=(const HostWeights&) = delete;
+  HostWeights(HostWeights&&) noexcept = default;
+  HostWeights& operator=(HostWeights&&) noexcept = default;
+  ~HostWeights() = default;
   // Views valid while this object lives.
   WeightSet view() const;
   std::size_t bytes() const;

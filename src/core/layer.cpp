@@ -1,5 +1,6 @@
 #include "fusedmoe/layer.hpp"
 
+#include <cstdint>
 #include <new>
 #include <string>
 #include <vector>
@@ -90,6 +91,10 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
   }
   if (workspace_needed > 0 && a.workspace.data == nullptr) {
     return {StatusCode::null_pointer, "workspace.data is null"};
+  }
+  if (reinterpret_cast<std::uintptr_t>(a.workspace.data) % kWorkspaceAlignment != 0) {
+    return {StatusCode::misaligned, "workspace.data must be aligned to " +
+                                        std::to_string(kWorkspaceAlignment) + " bytes"};
   }
   return {};
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include "core/half.hpp"
 
@@ -29,11 +30,32 @@ struct Generator {
   float value(Fill fill, std::uint64_t i, float scale) const {
     const std::uint64_t b = bits(i);
     if (fill == Fill::integer) return static_cast<float>(static_cast<int>(b % 9) - 4);
-    // Box-Muller on the two 32-bit halves
-    const double u1 = (static_cast<double>(b >> 32) + 0.5) * 0x1p-32;
-    const double u2 = static_cast<double>(b & 0xffffffffu) * 0x1p-32;
-    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2)) *
+    return static_cast<float>(inverse_normal_cdf((static_cast<double>(b >> 11) + 0.5) * 0x1p-53)) *
            scale;
+  }
+
+  // The standard normal quantile by Acklam's rational approximation (relative error < 1.2e-9):
+  // one division in the central 95%, a log and a square root only in the tails, which makes
+  // gigabytes of Gaussian weights several times faster to draw than Box-Muller.
+  static double inverse_normal_cdf(double p) {
+    constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                            1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+    constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                            6.680131188771972e+01, -1.328068155288572e+01};
+    constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                            -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+    constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                            3.754408661907416e+00};
+    constexpr double kLow = 0.02425;
+    if (p < kLow || p > 1 - kLow) {
+      const double q = std::sqrt(-2 * std::log(p < kLow ? p : 1 - p));
+      const double x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+                       ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+      return p < kLow ? x : -x;
+    }
+    const double q = p - 0.5, r = q * q;
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+           (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
   }
 };
 
@@ -82,7 +104,18 @@ void HostTensor::randomize(Fill fill, std::uint64_t seed, std::uint64_t stream, 
   });
 }
 
-void HostTensor::poison() { std::memset(storage_.data(), 0xff, storage_.size()); }
+HostTensor::HostTensor(HostTensor&& other) noexcept
+    : storage_(std::move(other.storage_)), view_(std::exchange(other.view_, {})) {}
+
+HostTensor& HostTensor::operator=(HostTensor&& other) noexcept {
+  storage_ = std::move(other.storage_);
+  view_ = std::exchange(other.view_, {});
+  return *this;
+}
+
+void HostTensor::poison() {
+  if (!storage_.empty()) std::memset(storage_.data(), 0xff, storage_.size());
+}
 
 HostWeights HostWeights::random(const LayerConfig& c, const WorkloadOptions& o) {
   HostWeights w;

@@ -27,6 +27,9 @@ constexpr std::int64_t kPairRows = 4;              // gate/up rows interleaved i
 constexpr std::int64_t kTokenChunk = 32;           // activation rows per dot_tile call
 constexpr std::int64_t kWeightBlockBytes = 256 << 10;  // weight rows per work item: about L2/4
 constexpr std::int64_t kMaxBlockRows = 256;
+// Waking the other threads costs microseconds (far more when the machine is oversubscribed and
+// OpenMP spins); a layer with less arithmetic than this runs on the calling thread alone.
+constexpr double kThreadedFlops = 4e6;
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
 
@@ -247,8 +250,12 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t t_count = a.x.size(0), k = c.top_k, e_count = c.experts, h = c.hidden;
     const std::size_t es = dtype_size(c.dtype);
     Buffers buf(c, t_count, static_cast<std::byte*>(a.workspace.data));
+    const double flops = 2.0 * static_cast<double>(t_count) *
+                         static_cast<double>(h * (3 * k * c.intermediate + 3 * c.shared.intermediate +
+                                                  e_count));
+    const bool threaded = flops >= kThreadedFlops;
 
-    route(kern, w, a, buf);
+    route(kern, w, a, buf, threaded);
     const std::int64_t invalid = align(c, t_count, buf);
     packed.invalid_ids += invalid;
 
@@ -256,7 +263,7 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t rows1 = 2 * w.experts[0].inter_pad;
     const std::int64_t block1 = block_rows(h * static_cast<std::int64_t>(es), 2 * kPairRows, rows1);
     const std::int64_t items1 = (rows1 + block1 - 1) / block1;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
     for (std::int64_t item = 0; item < e_count * items1; ++item) {
       const std::int64_t e = item / items1, row0 = (item % items1) * block1;
       const std::int64_t off = buf.offsets[e], m = buf.offsets[e + 1] - off;
@@ -270,7 +277,7 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t block2 =
         block_rows(c.intermediate * static_cast<std::int64_t>(es), 8, h);
     const std::int64_t items2 = (h + block2 - 1) / block2;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
     for (std::int64_t item = 0; item < e_count * items2; ++item) {
       const std::int64_t e = item / items2, h0 = (item % items2) * block2;
       const std::int64_t nh = std::min(block2, h - h0);
@@ -287,14 +294,14 @@ class CpuBackend final : public core::BackendOps {
         }
       }
     }
-    if (c.shared.intermediate > 0) shared_expert(kern, w, a, buf);
-    combine(c, t_count, a, buf);
+    if (c.shared.intermediate > 0) shared_expert(kern, w, a, buf, threaded);
+    combine(c, t_count, a, buf, threaded);
     return {};
   }
 
  private:
   static void route(const Kernels& kern, const CpuWeights& w, const ForwardArgs& a,
-                    const Buffers& buf) {
+                    const Buffers& buf, bool threaded) {
     const LayerConfig& c = w.config;
     const std::int64_t t_count = a.x.size(0), k = c.top_k, e_count = c.experts, h = c.hidden;
     const std::int64_t l = e_count + (c.shared.gated ? 1 : 0);
@@ -302,7 +309,7 @@ class CpuBackend final : public core::BackendOps {
     const bool precomputed = c.routing.kind == RoutingKind::precomputed;
     const auto router_rows = static_cast<std::int64_t>(w.router.size()) / h;
     if (router_rows > 0) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
       for (std::int64_t t0 = 0; t0 < t_count; t0 += kTokenChunk) {
         const std::int64_t mm = std::min(kTokenChunk, t_count - t0);
         const void* a_rows[kTokenChunk];
@@ -312,7 +319,7 @@ class CpuBackend final : public core::BackendOps {
                       l);
       }
     }
-#pragma omp parallel
+#pragma omp parallel if (threaded)
     {
       thread_local std::vector<float> real_scratch;
       thread_local std::vector<std::int32_t> index_scratch;
@@ -375,7 +382,7 @@ class CpuBackend final : public core::BackendOps {
   }
 
   static void shared_expert(const Kernels& kern, const CpuWeights& w, const ForwardArgs& a,
-                            const Buffers& buf) {
+                            const Buffers& buf, bool threaded) {
     const LayerConfig& c = w.config;
     const ExpertMatrices& s = w.shared;
     const std::int64_t t_count = a.x.size(0), h = c.hidden, l = c.experts + 1;
@@ -384,7 +391,7 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t block1 = block_rows(h * static_cast<std::int64_t>(es), 2 * kPairRows, rows1);
     const std::int64_t items1 = (rows1 + block1 - 1) / block1;
     const std::int64_t chunks = (t_count + kTokenChunk - 1) / kTokenChunk;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
     for (std::int64_t item = 0; item < chunks * items1; ++item) {
       const std::int64_t t0 = (item / items1) * kTokenChunk, row0 = (item % items1) * block1;
       gemm1_block(
@@ -394,7 +401,7 @@ class CpuBackend final : public core::BackendOps {
     }
     const std::int64_t block2 = block_rows(s.inter * static_cast<std::int64_t>(es), 8, h);
     const std::int64_t items2 = (h + block2 - 1) / block2;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
     for (std::int64_t item = 0; item < chunks * items2; ++item) {
       const std::int64_t t0 = (item / items2) * kTokenChunk, h0 = (item % items2) * block2;
       const std::int64_t m = std::min(kTokenChunk, t_count - t0), nh = std::min(block2, h - h0);
@@ -409,9 +416,9 @@ class CpuBackend final : public core::BackendOps {
   }
 
   static void combine(const LayerConfig& c, std::int64_t t_count, const ForwardArgs& a,
-                      const Buffers& buf) {
+                      const Buffers& buf, bool threaded) {
     const std::int64_t h = c.hidden, k = c.top_k;
-#pragma omp parallel
+#pragma omp parallel if (threaded)
     {
       thread_local std::vector<float> acc;
       acc.resize(static_cast<std::size_t>(h));

@@ -1,0 +1,665 @@
+// Shared test helpers: build a case (config, random weights, x, optional precomputed routing),
+// run it on a backend with poisoned outputs and guard bytes around them, and check it against
+// the reference backend under CONTRACT.md's tolerances, so each test is a few lines.
+//
+// Seeds: every case draws its data from a seed derived from the running test's name (so cases
+// differ from one another and a failure reproduces) mixed with FUSEDMOE_TEST_SEED when set (so a
+// run can draw fresh data). The seed is printed with every failure through SCOPED_TRACE.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/half.hpp"
+#include "fusedmoe/compare.hpp"
+#include "fusedmoe/config.hpp"
+#include "fusedmoe/layer.hpp"
+#include "fusedmoe/status.hpp"
+#include "fusedmoe/tensor.hpp"
+#include "fusedmoe/weights.hpp"
+#include "fusedmoe/workload.hpp"
+
+namespace fusedmoe {
+
+// Readable parameter names in GoogleTest (and so in CTest) output.
+inline void PrintTo(DType v, std::ostream* os) { *os << to_string(v); }
+inline void PrintTo(Backend v, std::ostream* os) { *os << to_string(v); }
+inline void PrintTo(WeightLayout v, std::ostream* os) { *os << to_string(v); }
+inline void PrintTo(RoutingKind v, std::ostream* os) { *os << to_string(v); }
+inline void PrintTo(Activation v, std::ostream* os) { *os << to_string(v); }
+
+}  // namespace fusedmoe
+
+namespace fusedmoe::test {
+
+// ---- seeds ---------------------------------------------------------------------------------
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222325ull) {
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// FUSEDMOE_TEST_SEED (a number) or 0.
+inline std::uint64_t base_seed() {
+  const char* env = std::getenv("FUSEDMOE_TEST_SEED");
+  return env != nullptr ? std::strtoull(env, nullptr, 0) : 0;
+}
+
+// A seed of its own for the running test (and `salt`, for several draws in one test).
+inline std::uint64_t case_seed(std::string_view salt = {}) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::uint64_t h = fnv1a(info != nullptr ? info->test_suite_name() : "");
+  h = fnv1a(".", h);
+  h = fnv1a(info != nullptr ? info->name() : "", h);
+  h = fnv1a(salt, h);
+  return (h ^ (base_seed() * 0x9e3779b97f4a7c15ull)) & 0xffffffffffffull;  // short to print
+}
+
+// ---- configs -------------------------------------------------------------------------------
+
+inline LayerConfig make_config(std::int64_t hidden, std::int64_t inter, std::int64_t experts,
+                               std::int64_t k, DType dtype = DType::bf16) {
+  LayerConfig c;
+  c.hidden = hidden;
+  c.intermediate = inter;
+  c.experts = experts;
+  c.top_k = k;
+  c.dtype = dtype;
+  return c;
+}
+
+// DeepSeek-V3's routing (MODELS.md) on a smaller layer: n_group groups, topk_group kept.
+inline LayerConfig deepseek_like(std::int64_t hidden, std::int64_t inter, std::int64_t experts,
+                                 std::int64_t k, int n_group, int topk_group,
+                                 DType dtype = DType::bf16) {
+  LayerConfig c = make_config(hidden, inter, experts, k, dtype);
+  c.routing = {RoutingKind::sigmoid_topk, true, n_group, topk_group, 2.5f, false, true};
+  return c;
+}
+
+// gpt-oss's routing and activation on a smaller layer.
+inline LayerConfig gpt_oss_like(std::int64_t hidden, std::int64_t inter, std::int64_t experts,
+                                std::int64_t k, DType dtype = DType::bf16) {
+  LayerConfig c = make_config(hidden, inter, experts, k, dtype);
+  c.routing.kind = RoutingKind::topk_softmax;
+  c.routing.renormalize = false;
+  c.routing.router_bias = true;
+  c.activation = Activation::swiglu_oss;
+  c.expert_bias = true;
+  return c;
+}
+
+inline std::string describe_config(const LayerConfig& c) {
+  std::ostringstream s;
+  s << "H=" << c.hidden << " I=" << c.intermediate << " E=" << c.experts << " k=" << c.top_k << " "
+    << to_string(c.routing.kind) << (c.routing.renormalize ? "+renorm" : "")
+    << " groups=" << c.routing.n_group << "/" << c.routing.topk_group
+    << " scale=" << c.routing.scaling << (c.routing.router_bias ? " router_bias" : "")
+    << (c.routing.correction_bias ? " correction_bias" : "") << " " << to_string(c.activation)
+    << (c.expert_bias ? " expert_bias" : "") << " shared=" << c.shared.intermediate
+    << (c.shared.gated ? "(gated)" : "") << " " << to_string(c.dtype);
+  return s.str();
+}
+
+// ---- raw buffers -----------------------------------------------------------------------------
+
+inline constexpr std::byte kPoisonByte{
+    0xff};                                    // what HostTensor::poison writes: NaN in f16/bf16/f32
+inline constexpr std::byte kGuardByte{0xa5};  // around outputs; must never be written
+inline constexpr std::byte kIdPoisonByte{0x7b};  // ids_out: 0x7b7b7b7b is no expert id
+
+inline bool all_bytes(const std::byte* p, std::size_t n, std::byte value) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (p[i] != value) return false;
+  }
+  return true;
+}
+
+// Counts elements of a float tensor whose bytes are all kPoisonByte.
+inline std::int64_t count_poison(const ConstTensorRef& t) {
+  const std::size_t es = dtype_size(t.dtype);
+  std::int64_t n = 0;
+  for (std::int64_t r = 0; r < t.size(0); ++r) {
+    for (std::int64_t c = 0; c < (t.rank == 2 ? t.size(1) : 1); ++c) {
+      const auto* p =
+          static_cast<const std::byte*>(t.data) +
+          static_cast<std::size_t>(r * t.stride(0) + c * (t.rank == 2 ? t.stride(1) : 0)) * es;
+      n += all_bytes(p, es, kPoisonByte) ? 1 : 0;
+    }
+  }
+  return n;
+}
+
+// A [rows, cols] output of one dtype whose rows are `row_stride` apart, poisoned, inside a
+// buffer guarded by kGuardByte: the padding of each row and one whole extra row after the last.
+// The data pointer is never null, even for rows == 0.
+class GuardedOutput {
+ public:
+  GuardedOutput(DType dtype, std::int64_t rows, std::int64_t cols, std::int64_t row_stride = 0)
+      : dtype_(dtype), rows_(rows), cols_(cols), stride_(row_stride > 0 ? row_stride : cols) {
+    const std::size_t es = dtype_size(dtype);
+    storage_.assign(static_cast<std::size_t>((rows + 1) * stride_) * es, kGuardByte);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::memset(storage_.data() + static_cast<std::size_t>(r * stride_) * es, 0xff,
+                  static_cast<std::size_t>(cols) * es);
+    }
+  }
+  TensorRef ref() {
+    return make_strided_rows(static_cast<void*>(storage_.data()), dtype_, rows_, cols_, stride_);
+  }
+  ConstTensorRef cref() const {
+    return make_strided_rows(static_cast<const void*>(storage_.data()), dtype_, rows_, cols_,
+                             stride_);
+  }
+  // Whether every byte outside the [rows, cols] elements still holds kGuardByte.
+  bool guard_intact() const {
+    const std::size_t es = dtype_size(dtype_);
+    for (std::int64_t r = 0; r <= rows_; ++r) {
+      const std::int64_t first = r < rows_ ? cols_ : 0;
+      const std::byte* row = storage_.data() + static_cast<std::size_t>(r * stride_) * es;
+      if (!all_bytes(row + static_cast<std::size_t>(first) * es,
+                     static_cast<std::size_t>(stride_ - first) * es, kGuardByte)) {
+        return false;
+      }
+    }
+    return true;
+  }
+  // The elements row by row, without padding: what bit-identity compares.
+  std::vector<std::byte> element_bytes() const {
+    const std::size_t es = dtype_size(dtype_);
+    std::vector<std::byte> v;
+    for (std::int64_t r = 0; r < rows_; ++r) {
+      const std::byte* row = storage_.data() + static_cast<std::size_t>(r * stride_) * es;
+      v.insert(v.end(), row, row + static_cast<std::size_t>(cols_) * es);
+    }
+    return v;
+  }
+  std::vector<std::byte> row_bytes(std::int64_t r) const {
+    const std::size_t es = dtype_size(dtype_);
+    const std::byte* row = storage_.data() + static_cast<std::size_t>(r * stride_) * es;
+    return {row, row + static_cast<std::size_t>(cols_) * es};
+  }
+  float at(std::int64_t r, std::int64_t c) const {
+    return core::load_f32(dtype_, storage_.data(), r * stride_ + c);
+  }
+  DType dtype() const { return dtype_; }
+  std::int64_t rows() const { return rows_; }
+
+ private:
+  DType dtype_;
+  std::int64_t rows_, cols_, stride_;
+  std::vector<std::byte> storage_;
+};
+
+// ---- the case --------------------------------------------------------------------------------
+
+// How precomputed ids are drawn (RoutingKind::precomputed only).
+enum class Ids : std::uint8_t {
+  zipf,          // fusedmoe::zipf_routing with Options::zipf_s (0: uniform)
+  one_expert,    // every token's first slot is the same expert, the rest Zipf
+  duplicate,     // every slot of a token names the same expert
+  half_experts,  // only even experts get tokens: the odd ones have none
+  invalid,       // Zipf, then some slots get ids outside [0, E)
+};
+
+struct Options {
+  std::uint64_t seed = 0;  // 0: case_seed()
+  Fill fill = Fill::gaussian;
+  WeightLayout layout = WeightLayout::gate_up_rows;
+  std::int64_t x_row_stride = 0;  // > H: padded rows whose padding is NaN
+  std::int64_t out_row_stride = 0;
+  float x_scale = 1.0f;
+  Ids ids = Ids::zipf;
+  double zipf_s = 0.0;
+};
+
+inline std::string describe_options(const Options& o) {
+  std::ostringstream s;
+  s << "seed=" << o.seed << " (FUSEDMOE_TEST_SEED=" << base_seed()
+    << ") fill=" << (o.fill == Fill::integer ? "integer" : "gaussian")
+    << " layout=" << to_string(o.layout);
+  if (o.x_row_stride > 0) s << " x_row_stride=" << o.x_row_stride;
+  if (o.out_row_stride > 0) s << " out_row_stride=" << o.out_row_stride;
+  return s.str();
+}
+
+class Problem {
+ public:
+  // `shared_weights`: reuse another problem's weights (same config and options) instead of
+  // drawing them again, for layers too large to hold twice.
+  Problem(const LayerConfig& config, std::int64_t tokens, Options options = {},
+          std::shared_ptr<HostWeights> shared_weights = nullptr)
+      : config(config), tokens(tokens), options(options), weights_ptr(std::move(shared_weights)) {
+    if (this->options.seed == 0) this->options.seed = case_seed();
+    const Options& o = this->options;
+    if (weights_ptr == nullptr) {
+      WorkloadOptions wo;
+      wo.seed = o.seed;
+      wo.fill = o.fill;
+      wo.layout = o.layout;
+      weights_ptr = std::make_shared<HostWeights>(HostWeights::random(config, wo));
+    }
+    const std::int64_t h = config.hidden;
+    const std::int64_t stride = o.x_row_stride > 0 ? o.x_row_stride : h;
+    // At least one row, so that x has a real pointer even for T = 0.
+    x_buffer = HostTensor(config.dtype, {std::max<std::int64_t>(tokens, 1), stride});
+    x_buffer.randomize(o.fill, o.seed, 1000, o.x_scale);
+    const std::size_t es = dtype_size(config.dtype);
+    for (std::int64_t t = 0; t < tokens && stride > h; ++t) {
+      // NaN padding: a kernel that reads it poisons its output.
+      std::memset(x_buffer.bytes() + static_cast<std::size_t>(t * stride + h) * es, 0xff,
+                  static_cast<std::size_t>(stride - h) * es);
+    }
+    x = make_strided_rows(static_cast<const void*>(x_buffer.bytes()), config.dtype, tokens, h,
+                          stride);
+    if (config.routing.kind == RoutingKind::precomputed) draw_ids();
+  }
+
+  std::string describe() const {
+    return "T=" + std::to_string(tokens) + " " + describe_config(config) + " " +
+           describe_options(options);
+  }
+
+  // x[t, h] as stored (after rounding to the layer dtype).
+  double x_at(std::int64_t t, std::int64_t h) const {
+    return core::load_f32(config.dtype, x.data, t * x.stride(0) + h);
+  }
+  // Writes x[t, h] (rounded to the layer dtype).
+  void set_x(std::int64_t t, std::int64_t h, float v) {
+    core::store_f32(config.dtype, x_buffer.bytes(), t * x.stride(0) + h, v);
+  }
+  std::int32_t& id(std::int64_t t, std::int64_t j) {
+    return reinterpret_cast<std::int32_t*>(ids.bytes())[t * config.top_k + j];
+  }
+  float& route_weight(std::int64_t t, std::int64_t j) {
+    return reinterpret_cast<float*>(topk_weights.bytes())[t * config.top_k + j];
+  }
+  std::int32_t id_at(std::int64_t t, std::int64_t j) const {
+    return static_cast<const std::int32_t*>(ids.cref().data)[t * config.top_k + j];
+  }
+  float route_weight_at(std::int64_t t, std::int64_t j) const {
+    return static_cast<const float*>(topk_weights.cref().data)[t * config.top_k + j];
+  }
+  // Precomputed ids outside [0, E).
+  std::int64_t invalid_id_count() const {
+    if (config.routing.kind != RoutingKind::precomputed) return 0;
+    const auto* p = static_cast<const std::int32_t*>(ids.cref().data);
+    std::int64_t n = 0;
+    for (std::int64_t i = 0; i < tokens * config.top_k; ++i) {
+      n += (p[i] < 0 || p[i] >= config.experts) ? 1 : 0;
+    }
+    return n;
+  }
+
+  // The router logits of token t in fp64 (router bias included), from the stored values.
+  std::vector<double> logits(std::int64_t t) const {
+    std::vector<double> l(static_cast<std::size_t>(config.experts));
+    const ConstTensorRef r = weights().router.cref();
+    for (std::int64_t e = 0; e < config.experts; ++e) {
+      double acc = 0;
+      for (std::int64_t h = 0; h < config.hidden; ++h) {
+        acc += x_at(t, h) * double{core::load_f32(r.dtype, r.data, e * config.hidden + h)};
+      }
+      if (config.routing.router_bias) {
+        acc += core::load_f32(DType::f32, weights().router_bias.cref().data, e);
+      }
+      l[static_cast<std::size_t>(e)] = acc;
+    }
+    return l;
+  }
+
+  const HostWeights& weights() const { return *weights_ptr; }
+  // For tests that plant values (NaN, huge) in the weights.
+  HostWeights& edit_weights() { return *weights_ptr; }
+
+  LayerConfig config;
+  std::int64_t tokens;
+  Options options;
+  std::shared_ptr<HostWeights> weights_ptr;
+  HostTensor x_buffer;
+  ConstTensorRef x;
+  HostTensor ids, topk_weights;  // precomputed routing: [T, k] i32 and f32
+
+ private:
+  void draw_ids() {
+    const std::int64_t t_count = tokens, k = config.top_k, e = config.experts;
+    const std::int64_t rows = std::max<std::int64_t>(t_count, 1);
+    ids = HostTensor(DType::i32, {rows, k});
+    topk_weights = HostTensor(DType::f32, {rows, k});
+    const Options& o = options;
+    if (o.ids == Ids::half_experts) {
+      // Zipf over E/2 experts, then mapped to the even ones.
+      zipf_routing(rows, e / 2, k, o.zipf_s, o.seed, ids.ref(), topk_weights.ref());
+      for (std::int64_t i = 0; i < rows * k; ++i) {
+        reinterpret_cast<std::int32_t*>(ids.bytes())[i] *= 2;
+      }
+      return;
+    }
+    zipf_routing(rows, e, k, o.zipf_s, o.seed, ids.ref(), topk_weights.ref());
+    std::uint64_t r = o.seed;
+    const auto next = [&r] {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      return r >> 33;
+    };
+    for (std::int64_t t = 0; t < rows; ++t) {
+      switch (o.ids) {
+        case Ids::one_expert: {
+          // Move the chosen expert into slot 0 if Zipf drew it, so ids stay distinct.
+          const std::int32_t hot = static_cast<std::int32_t>(e - 1);
+          for (std::int64_t j = 1; j < k; ++j) {
+            if (id(t, j) == hot) std::swap(id(t, j), id(t, 0));
+          }
+          id(t, 0) = hot;
+          break;
+        }
+        case Ids::duplicate:
+          for (std::int64_t j = 1; j < k; ++j) id(t, j) = id(t, 0);
+          break;
+        case Ids::invalid: {
+          // every third token gets one bad slot, of every kind of bad
+          if (t % 3 != 0) break;
+          const std::int32_t bad[] = {-1,
+                                      static_cast<std::int32_t>(e),
+                                      static_cast<std::int32_t>(e + 1000),
+                                      std::numeric_limits<std::int32_t>::min(),
+                                      std::numeric_limits<std::int32_t>::max(),
+                                      -7};
+          id(t, static_cast<std::int64_t>(next() % static_cast<std::uint64_t>(k))) =
+              bad[(t / 3) % 6];
+          break;
+        }
+        default:
+          break;
+      }
+    }
+  }
+};
+
+// ---- running ---------------------------------------------------------------------------------
+
+inline Result<Layer> make_layer(const LayerConfig& config, const WeightSet& weights,
+                                Backend backend) {
+  Result<PackedWeights> packed = pack_weights(config, weights, backend);
+  if (!packed.ok()) return packed.status();
+  return Layer::create(config, std::move(packed).value());
+}
+
+struct RunResult {
+  Status status;
+  GuardedOutput out{DType::f32, 0, 0};
+  GuardedOutput ids_out{DType::i32, 0, 0};
+  GuardedOutput weights_out{DType::f32, 0, 0};
+  std::int64_t invalid_ids = 0;
+
+  std::vector<std::int32_t> ids(std::int64_t t, std::int64_t k) const {
+    const auto b = ids_out.row_bytes(t);
+    std::vector<std::int32_t> v(static_cast<std::size_t>(k));
+    std::memcpy(v.data(), b.data(), b.size());
+    return v;
+  }
+  std::vector<float> weights(std::int64_t t, std::int64_t k) const {
+    const auto b = weights_out.row_bytes(t);
+    std::vector<float> v(static_cast<std::size_t>(k));
+    std::memcpy(v.data(), b.data(), b.size());
+    return v;
+  }
+};
+
+// Runs `layer` on the problem's x (and ids): out of `out_dtype` poisoned and guarded, ids_out
+// and weights_out too, a workspace of exactly workspace_size(T) bytes.
+inline RunResult run_layer(const Layer& layer, const Problem& p, DType out_dtype) {
+  const std::int64_t t = p.tokens, k = p.config.top_k, h = p.config.hidden;
+  RunResult r;
+  r.out = GuardedOutput(out_dtype, t, h, p.options.out_row_stride);
+  r.ids_out = GuardedOutput(DType::i32, t, k);
+  r.weights_out = GuardedOutput(DType::f32, t, k);
+  {
+    // ids_out is poisoned with a value that is no id, and weights_out with NaN.
+    TensorRef ids = r.ids_out.ref();
+    for (std::int64_t i = 0; i < t; ++i) {
+      std::memset(static_cast<std::byte*>(ids.data) + i * k * 4, 0x7b,
+                  static_cast<std::size_t>(k) * 4);
+    }
+  }
+  std::vector<std::byte> workspace(layer.workspace_size(t));
+  ForwardArgs a;
+  a.x = p.x;
+  a.out = r.out.ref();
+  a.workspace = {workspace.data(), workspace.size()};
+  if (p.config.routing.kind == RoutingKind::precomputed) {
+    a.topk_ids = make_tensor(p.ids.cref().data, DType::i32, {t, k});
+    a.topk_weights = make_tensor(p.topk_weights.cref().data, DType::f32, {t, k});
+  }
+  a.ids_out = r.ids_out.ref();
+  a.weights_out = r.weights_out.ref();
+  r.status = layer.forward(a);
+  r.invalid_ids = layer.take_invalid_id_count();
+  return r;
+}
+
+// Packs the problem's weights for `backend` and runs it. The reference writes f32 (its fp64
+// result rounded once); other backends write the layer dtype.
+inline RunResult run_backend(const Problem& p, Backend backend) {
+  Result<Layer> layer = make_layer(p.config, p.weights().view(), backend);
+  if (!layer.ok()) {
+    RunResult r;
+    r.status = layer.status();
+    return r;
+  }
+  return run_layer(layer.value(), p, backend == Backend::reference ? DType::f32 : p.config.dtype);
+}
+
+// ---- checking --------------------------------------------------------------------------------
+
+// Scores by which the routing chooses (fp64, MODELS.md), and group scores for grouped routing.
+struct SelectionScores {
+  std::vector<double> expert;
+  std::vector<double> group;  // empty unless n_group > 1
+};
+
+inline SelectionScores selection_scores(const Problem& p, std::int64_t t) {
+  const LayerConfig& c = p.config;
+  SelectionScores s;
+  s.expert = p.logits(t);
+  if (c.routing.kind == RoutingKind::sigmoid_topk) {
+    for (std::int64_t e = 0; e < c.experts; ++e) {
+      double& v = s.expert[static_cast<std::size_t>(e)];
+      v = 1.0 / (1.0 + std::exp(-v));
+      if (c.routing.correction_bias) {
+        v += core::load_f32(DType::f32, p.weights().correction_bias.cref().data, e);
+      }
+    }
+    if (c.routing.n_group > 1) {
+      const std::int64_t size = c.experts / c.routing.n_group;
+      for (int g = 0; g < c.routing.n_group; ++g) {
+        std::vector<double> v(s.expert.begin() + g * size, s.expert.begin() + (g + 1) * size);
+        std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<>());
+        s.group.push_back(v[0] + v[1]);
+      }
+    }
+  }
+  return s;
+}
+
+inline bool nearly_equal(double a, double b, double rel = 1e-5) {
+  return std::abs(a - b) <= rel * std::max({1.0, std::abs(a), std::abs(b)});
+}
+
+// Whether two backends choosing `got` instead of the reference's `ref` for token t is a
+// near-tie: every expert in one set and not the other scores within ~1e-5 of the reference's
+// boundary (its lowest chosen score), or, for grouped routing, the boundary between the kept and
+// the dropped groups ties.
+inline bool is_near_tie(const Problem& p, std::int64_t t, const std::vector<std::int32_t>& ref,
+                        const std::vector<std::int32_t>& got) {
+  const SelectionScores s = selection_scores(p, t);
+  const auto score = [&](std::int32_t e) {
+    return e >= 0 && e < p.config.experts ? s.expert[static_cast<std::size_t>(e)]
+                                          : std::numeric_limits<double>::quiet_NaN();
+  };
+  double boundary = std::numeric_limits<double>::infinity();
+  for (std::int32_t e : ref) boundary = std::min(boundary, score(e));
+  bool expert_tie = true;
+  for (const auto* side : {&ref, &got}) {
+    const auto* other = side == &ref ? &got : &ref;
+    for (std::int32_t e : *side) {
+      if (std::find(other->begin(), other->end(), e) != other->end()) continue;
+      expert_tie = expert_tie && nearly_equal(score(e), boundary);
+    }
+  }
+  if (expert_tie) return true;
+  if (s.group.empty()) return false;
+  // the kept groups of the reference are those of its chosen experts plus, possibly, others
+  // tied with them; a group tie shows as the weakest kept and the strongest dropped group tying.
+  std::vector<double> sorted = s.group;
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  const auto kept = static_cast<std::size_t>(p.config.routing.topk_group);
+  return kept < sorted.size() && nearly_equal(sorted[kept - 1], sorted[kept]);
+}
+
+struct Verdict {
+  std::int64_t excluded_tokens = 0;  // near-ties left out of the output comparison
+  Comparison comparison;
+};
+
+struct CheckOptions {
+  // Allow near-tie exclusions (never with integer data: fp32 scores are exact there).
+  bool allow_near_ties = true;
+  // Expected count of invalid precomputed ids (-1: the problem's own count).
+  std::int64_t expected_invalid_ids = -1;
+};
+
+// Checks a backend's run against the reference's for the same problem: statuses ok, no poison
+// left, guards intact, routing ids equal as sets per token (near-ties excepted and counted),
+// routing weights close, invalid-id counts exact, and the output within tolerance_for(dtype).
+inline Verdict check_against(const Problem& p, const RunResult& ref, const RunResult& got,
+                             CheckOptions opts = {}) {
+  Verdict v;
+  const LayerConfig& c = p.config;
+  const std::int64_t t_count = p.tokens, k = c.top_k;
+  EXPECT_TRUE(ref.status.ok()) << "reference: " << ref.status.to_string();
+  EXPECT_TRUE(got.status.ok()) << "backend: " << got.status.to_string();
+  if (!ref.status.ok() || !got.status.ok()) return v;
+  EXPECT_TRUE(ref.out.guard_intact()) << "reference wrote outside out";
+  EXPECT_TRUE(got.out.guard_intact()) << "backend wrote outside out (row padding or past the end)";
+  EXPECT_TRUE(got.ids_out.guard_intact() && got.weights_out.guard_intact())
+      << "backend wrote outside ids_out/weights_out";
+  EXPECT_EQ(count_poison(ref.out.cref()), 0) << "reference left out elements unwritten";
+  EXPECT_EQ(count_poison(got.out.cref()), 0) << "backend left out elements unwritten";
+  EXPECT_EQ(count_poison(got.weights_out.cref()), 0) << "backend left weights_out unwritten";
+
+  const std::int64_t want_invalid =
+      opts.expected_invalid_ids >= 0 ? opts.expected_invalid_ids : p.invalid_id_count();
+  EXPECT_EQ(ref.invalid_ids, want_invalid) << "reference's invalid id count";
+  EXPECT_EQ(got.invalid_ids, want_invalid) << "backend's invalid id count";
+
+  const bool integer = p.options.fill == Fill::integer;
+  std::vector<std::uint8_t> skip(static_cast<std::size_t>(t_count), 0);
+  int reported = 0;
+  for (std::int64_t t = 0; t < t_count; ++t) {
+    std::vector<std::int32_t> ri = ref.ids(t, k), gi = got.ids(t, k);
+    const std::vector<float> rw = ref.weights(t, k), gw = got.weights(t, k);
+    // pair up (id, weight) and sort by id: the order inside a token is free
+    std::vector<std::pair<std::int32_t, float>> rp, gp;
+    for (std::int64_t j = 0; j < k; ++j) {
+      rp.emplace_back(ri[static_cast<std::size_t>(j)], rw[static_cast<std::size_t>(j)]);
+      gp.emplace_back(gi[static_cast<std::size_t>(j)], gw[static_cast<std::size_t>(j)]);
+    }
+    std::sort(rp.begin(), rp.end());
+    std::sort(gp.begin(), gp.end());
+    bool same_ids = true;
+    for (std::size_t j = 0; j < rp.size(); ++j) same_ids = same_ids && rp[j].first == gp[j].first;
+    if (!same_ids) {
+      const bool tie = c.routing.kind != RoutingKind::precomputed && is_near_tie(p, t, ri, gi);
+      if (tie && opts.allow_near_ties && !integer) {
+        skip[static_cast<std::size_t>(t)] = 1;
+        ++v.excluded_tokens;
+        continue;
+      }
+      if (reported++ < 5) {
+        std::ostringstream s;
+        for (std::size_t j = 0; j < rp.size(); ++j) {
+          s << " (" << rp[j].first << " vs " << gp[j].first << ")";
+        }
+        ADD_FAILURE() << "token " << t
+                      << ": ids differ from the reference (ref vs backend):" << s.str()
+                      << (tie ? " [a near-tie, but none is allowed here]" : "");
+      }
+      continue;
+    }
+    for (std::size_t j = 0; j < rp.size(); ++j) {
+      const double want = rp[j].second, have = gp[j].second;
+      const bool ok = (std::isnan(want) && std::isnan(have)) ||
+                      std::abs(have - want) <= 1e-5 + 1e-4 * std::abs(want);
+      if (!ok && reported++ < 5) {
+        ADD_FAILURE() << "token " << t << " expert " << rp[j].first << ": routing weight " << have
+                      << ", reference " << want;
+      }
+    }
+  }
+  // A handful of near-ties is chance; many would mean a broken router.
+  EXPECT_LE(v.excluded_tokens, std::max<std::int64_t>(2, t_count / 50))
+      << "too many near-tie exclusions";
+  if (v.excluded_tokens > 0) {
+    std::printf("[ note ] %lld near-tie token(s) excluded (%s)\n",
+                static_cast<long long>(v.excluded_tokens), p.describe().c_str());
+  }
+  // CONTRACT.md's atol is meant for O(1) outputs. fp32 accumulation leaves every element an
+  // absolute error of about 1e-6 of the output's RMS (measured up to 1.6e-6 on Gaussian data,
+  // 1e-6 on integer data, whose outputs reach 1e5), and an element that cancels to near zero
+  // keeps all of it; so atol is max(contract atol, 1e-5 x RMS(ref)). For O(1) bf16/f16 outputs
+  // this is the contract's atol; the global bound is never changed.
+  Tolerance tol = tolerance_for(c.dtype);
+  {
+    double sum2 = 0;
+    std::int64_t n = 0;
+    for (std::int64_t t = 0; t < t_count; ++t) {
+      if (skip[static_cast<std::size_t>(t)] != 0) continue;
+      for (std::int64_t h = 0; h < c.hidden; ++h) {
+        const double r = ref.out.at(t, h);
+        if (std::isfinite(r)) {
+          sum2 += r * r;
+          ++n;
+        }
+      }
+    }
+    if (n > 0) tol.atol = std::max(tol.atol, 1e-5 * std::sqrt(sum2 / static_cast<double>(n)));
+  }
+  Result<Comparison> cmp = compare(got.out.cref(), ref.out.cref(), tol, skip.data());
+  EXPECT_TRUE(cmp.ok()) << cmp.status().to_string();
+  if (cmp.ok()) {
+    v.comparison = cmp.value();
+    EXPECT_TRUE(v.comparison.passed)
+        << v.comparison.summary() << " worst at flat index " << v.comparison.worst_index;
+  }
+  return v;
+}
+
+// The whole check: the reference and `backend` on the same problem.
+inline Verdict expect_matches_reference(const Problem& p, Backend backend = Backend::cpu,
+                                        CheckOptions opts = {}) {
+  SCOPED_TRACE(p.describe());
+  const RunResult ref = run_backend(p, Backend::reference);
+  const RunResult got = run_backend(p, backend);
+  return check_against(p, ref, got, opts);
+}
+
+// Bytes of the output elements (no padding), for bit-identity checks.
+inline std::vector<std::byte> output_bytes(const RunResult& r) { return r.out.element_bytes(); }
+
+}  // namespace fusedmoe::test
