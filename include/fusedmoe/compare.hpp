@@ -23,8 +23,8 @@ Tolerance tolerance_for(DType dtype);
 
 struct Comparison {
   std::int64_t elements = 0;
-  std::int64_t failures = 0;      // elements outside atol + rtol·|ref|, NaN included
-  std::int64_t non_finite = 0;    // NaN or Inf in `out` where `ref` is finite
+  std::int64_t failures = 0;    // elements outside atol + rtol·|ref|, NaN included
+  std::int64_t non_finite = 0;  // NaN or Inf in `out` where `ref` is finite
   double max_abs_error = 0;
   double max_rel_error = 0;       // max |out - ref| / |ref| over |ref| > atol
   double global_rel_error = 0;    // ||out - ref||_2 / ||ref||_2

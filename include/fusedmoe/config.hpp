@@ -56,11 +56,11 @@ struct LayerConfig {
   std::int64_t top_k = 0;         // k
   Routing routing{};
   Activation activation = Activation::swiglu;
-  float swiglu_limit = 7.0f;   // swiglu_oss only
+  float swiglu_limit = 7.0f;    // swiglu_oss only
   float swiglu_alpha = 1.702f;  // swiglu_oss only
-  bool expert_bias = false;    // the expert GEMMs add biases (gpt-oss)
-  SharedExpert shared{};       // runs on every token with the routed activation (no biases)
-  DType dtype = DType::bf16;   // of x, out and the expert weights: f32, f16 or bf16
+  bool expert_bias = false;     // the expert GEMMs add biases (gpt-oss)
+  SharedExpert shared{};        // runs on every token with the routed activation (no biases)
+  DType dtype = DType::bf16;    // of x, out and the expert weights: f32, f16 or bf16
   friend bool operator==(const LayerConfig&, const LayerConfig&) = default;
 };
 

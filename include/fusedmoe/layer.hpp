@@ -28,7 +28,8 @@ struct Workspace {
 struct ForwardArgs {
   ConstTensorRef x;  // [T, H], layer dtype; rows may be strided (stride(1) must be 1)
   TensorRef out;     // [T, H], layer dtype (or f32 on the reference backend); fully written
-  Workspace workspace;  // workspace_size(T) bytes on the backend's device, kWorkspaceAlignment-aligned
+  Workspace
+      workspace;  // workspace_size(T) bytes on the backend's device, kWorkspaceAlignment-aligned
   // RoutingKind::precomputed only: ids [T, k] int32 and weights [T, k] f32. An id outside
   // [0, E) contributes zero for its slot and is counted (see Layer::take_invalid_id_count).
   ConstTensorRef topk_ids;

@@ -43,8 +43,7 @@ struct BasicTensorRef {
 
   // A mutable reference is usable wherever a const one is expected.
   operator BasicTensorRef<const void*>() const  // NOLINT(google-explicit-constructor)
-    requires(!std::is_same_v<Ptr, const void*>)
-  {
+      requires(!std::is_same_v<Ptr, const void*>) {
     return {data, dtype, device, rank, shape, strides};
   }
 

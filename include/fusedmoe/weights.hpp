@@ -47,9 +47,9 @@ struct RouterWeights {
 };
 
 struct SharedExpertWeights {
-  ConstTensorRef gate;  // [Is, H]
-  ConstTensorRef up;    // [Is, H]
-  ConstTensorRef down;  // [H, Is]
+  ConstTensorRef gate;         // [Is, H]
+  ConstTensorRef up;           // [Is, H]
+  ConstTensorRef down;         // [H, Is]
   ConstTensorRef gate_weight;  // [1, H] or [H], shared.gated only; f32 or the layer dtype
 };
 

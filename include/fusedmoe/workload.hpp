@@ -49,8 +49,8 @@ struct WorkloadOptions {
   WeightLayout layout = WeightLayout::gate_up_rows;
 };
 
-// Random weights for a layer, in a chosen user layout. Move-only (view() points into it). Gaussian weights are scaled by
-// 1/sqrt(fan_in) so that activations stay O(1) through the layer.
+// Random weights for a layer, in a chosen user layout. Move-only (view() points into it). Gaussian
+// weights are scaled by 1/sqrt(fan_in) so that activations stay O(1) through the layer.
 class HostWeights {
  public:
   static HostWeights random(const LayerConfig& config, const WorkloadOptions& options);

@@ -12,7 +12,8 @@ namespace fusedmoe::core {
 template <class Real>
 Real apply_activation(const LayerConfig& c, Real gate, Real up) {
   switch (c.activation) {
-    case Activation::swiglu: return gate / (Real(1) + std::exp(-gate)) * up;
+    case Activation::swiglu:
+      return gate / (Real(1) + std::exp(-gate)) * up;
     case Activation::geglu: {
       constexpr Real kSqrt2OverPi = Real(0.7978845608028654);
       const Real inner = kSqrt2OverPi * (gate + Real(0.044715) * gate * gate * gate);

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "fusedmoe/layer.hpp"
 #include "core/check.hpp"
+#include "fusedmoe/layer.hpp"
 #include "fusedmoe/presets.hpp"
 
 namespace {
@@ -60,8 +60,8 @@ Status to_cpp(const fusedmoe_tensor& t, const char* name, ConstTensorRef& out) {
   out = {};
   if (t.data == nullptr && t.rank == 0) return {};
   if (t.rank < 0 || t.rank > kMaxRank) {
-    return {StatusCode::invalid_shape, std::string(name) + ".rank must be in [0, 4], got " +
-                                           std::to_string(t.rank)};
+    return {StatusCode::invalid_shape,
+            std::string(name) + ".rank must be in [0, 4], got " + std::to_string(t.rank)};
   }
   if (t.dtype < FUSEDMOE_F32 || t.dtype > FUSEDMOE_I32) {
     return {StatusCode::invalid_dtype, std::string(name) + ".dtype is not a fusedmoe_dtype"};
@@ -89,7 +89,8 @@ Status to_cpp(const fusedmoe_tensor& t, const char* name, TensorRef& out) {
 }
 
 Status to_cpp(const fusedmoe_layer_config& c, LayerConfig& out) {
-  if (c.routing_kind < FUSEDMOE_ROUTING_SOFTMAX_TOPK || c.routing_kind > FUSEDMOE_ROUTING_PRECOMPUTED) {
+  if (c.routing_kind < FUSEDMOE_ROUTING_SOFTMAX_TOPK ||
+      c.routing_kind > FUSEDMOE_ROUTING_PRECOMPUTED) {
     return {StatusCode::invalid_argument, "config.routing_kind is not a fusedmoe_routing_kind"};
   }
   if (c.activation < FUSEDMOE_ACTIVATION_SWIGLU || c.activation > FUSEDMOE_ACTIVATION_SWIGLU_OSS) {
@@ -102,8 +103,13 @@ Status to_cpp(const fusedmoe_layer_config& c, LayerConfig& out) {
   out.intermediate = c.intermediate;
   out.experts = c.experts;
   out.top_k = c.top_k;
-  out.routing = {static_cast<RoutingKind>(c.routing_kind), c.renormalize != 0, c.n_group,
-                 c.topk_group, c.scaling, c.router_bias != 0, c.correction_bias != 0};
+  out.routing = {static_cast<RoutingKind>(c.routing_kind),
+                 c.renormalize != 0,
+                 c.n_group,
+                 c.topk_group,
+                 c.scaling,
+                 c.router_bias != 0,
+                 c.correction_bias != 0};
   out.activation = static_cast<Activation>(c.activation);
   out.swiglu_limit = c.swiglu_limit;
   out.swiglu_alpha = c.swiglu_alpha;
@@ -265,8 +271,9 @@ fusedmoe_status fusedmoe_layer_create(const fusedmoe_layer_config* config,
     }
     if (w.separate_count > 0) {
       if (w.w1 == nullptr || w.w3 == nullptr || w.w2 == nullptr) {
-        return {StatusCode::null_pointer, "weights.w1/w3/w2 must not be null when "
-                                          "separate_count > 0"};
+        return {StatusCode::null_pointer,
+                "weights.w1/w3/w2 must not be null when "
+                "separate_count > 0"};
       }
       for (std::int64_t e = 0; e < w.separate_count; ++e) {
         w1.emplace_back();

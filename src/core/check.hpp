@@ -10,9 +10,9 @@
 #include "fusedmoe/tensor.hpp"
 
 // Returns the status of `expr` from the enclosing function when it is not ok.
-#define FUSEDMOE_RETURN_IF_ERROR(expr)       \
-  do {                                       \
-    ::fusedmoe::Status fusedmoe_s_ = (expr); \
+#define FUSEDMOE_RETURN_IF_ERROR(expr)         \
+  do {                                         \
+    ::fusedmoe::Status fusedmoe_s_ = (expr);   \
     if (!fusedmoe_s_.ok()) return fusedmoe_s_; \
   } while (0)
 

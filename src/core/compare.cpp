@@ -12,10 +12,14 @@ namespace fusedmoe {
 
 Tolerance tolerance_for(DType dtype) {
   switch (dtype) {
-    case DType::f32: return {1e-5, 1e-5, 1e-6};
-    case DType::f16: return {1e-5, 1e-3, 2e-3};
-    case DType::bf16: return {1e-5, 1.6e-2, 1e-2};
-    case DType::i32: return {0, 0, 0};
+    case DType::f32:
+      return {1e-5, 1e-5, 1e-6};
+    case DType::f16:
+      return {1e-5, 1e-3, 2e-3};
+    case DType::bf16:
+      return {1e-5, 1.6e-2, 1e-2};
+    case DType::i32:
+      return {0, 0, 0};
   }
   return {};
 }
@@ -26,8 +30,8 @@ std::string Comparison::summary() const {
                 "%s: %lld/%lld elements out of tolerance, %lld non-finite, max abs %.3g, max rel "
                 "%.3g, global rel %.3g",
                 passed ? "pass" : "FAIL", static_cast<long long>(failures),
-                static_cast<long long>(elements), static_cast<long long>(non_finite),
-                max_abs_error, max_rel_error, global_rel_error);
+                static_cast<long long>(elements), static_cast<long long>(non_finite), max_abs_error,
+                max_rel_error, global_rel_error);
   return buf;
 }
 

@@ -7,19 +7,26 @@ namespace fusedmoe {
 
 std::string_view to_string(RoutingKind kind) {
   switch (kind) {
-    case RoutingKind::softmax_topk: return "softmax_topk";
-    case RoutingKind::sigmoid_topk: return "sigmoid_topk";
-    case RoutingKind::topk_softmax: return "topk_softmax";
-    case RoutingKind::precomputed: return "precomputed";
+    case RoutingKind::softmax_topk:
+      return "softmax_topk";
+    case RoutingKind::sigmoid_topk:
+      return "sigmoid_topk";
+    case RoutingKind::topk_softmax:
+      return "topk_softmax";
+    case RoutingKind::precomputed:
+      return "precomputed";
   }
   return "unknown_routing";
 }
 
 std::string_view to_string(Activation activation) {
   switch (activation) {
-    case Activation::swiglu: return "swiglu";
-    case Activation::geglu: return "geglu";
-    case Activation::swiglu_oss: return "swiglu_oss";
+    case Activation::swiglu:
+      return "swiglu";
+    case Activation::geglu:
+      return "geglu";
+    case Activation::swiglu_oss:
+      return "swiglu_oss";
   }
   return "unknown_activation";
 }
@@ -40,8 +47,10 @@ Status validate_routing(const LayerConfig& c) {
     case RoutingKind::softmax_topk:
     case RoutingKind::sigmoid_topk:
     case RoutingKind::topk_softmax:
-    case RoutingKind::precomputed: break;
-    default: return {StatusCode::invalid_argument, "routing.kind is not a RoutingKind"};
+    case RoutingKind::precomputed:
+      break;
+    default:
+      return {StatusCode::invalid_argument, "routing.kind is not a RoutingKind"};
   }
   if (!std::isfinite(r.scaling) || r.scaling == 0.0f) {
     return {StatusCode::invalid_argument,
@@ -61,8 +70,8 @@ Status validate_routing(const LayerConfig& c) {
   }
   if (r.n_group < 1 || c.experts % r.n_group != 0) {
     return config_error("routing.n_group (" + std::to_string(r.n_group) +
-                        ") must be >= 1 and divide the expert count (" +
-                        std::to_string(c.experts) + ")");
+                        ") must be >= 1 and divide the expert count (" + std::to_string(c.experts) +
+                        ")");
   }
   if (r.topk_group < 1 || r.topk_group > r.n_group) {
     return config_error("routing.topk_group (" + std::to_string(r.topk_group) +
@@ -70,8 +79,9 @@ Status validate_routing(const LayerConfig& c) {
   }
   const std::int64_t group_size = c.experts / r.n_group;
   if (r.n_group > 1 && group_size < 2) {
-    return config_error("grouped routing scores a group by its top 2 experts: experts / n_group = " +
-                        std::to_string(group_size) + " must be >= 2");
+    return config_error(
+        "grouped routing scores a group by its top 2 experts: experts / n_group = " +
+        std::to_string(group_size) + " must be >= 2");
   }
   if (c.top_k > r.topk_group * group_size) {
     return config_error("top_k (" + std::to_string(c.top_k) + ") exceeds the experts in the " +
@@ -92,8 +102,7 @@ Status validate(const LayerConfig& c) {
     return config_error("hidden must be in [1, 2^20], got " + std::to_string(c.hidden));
   }
   if (c.intermediate < 1 || c.intermediate > kMaxDim) {
-    return config_error("intermediate must be in [1, 2^20], got " +
-                        std::to_string(c.intermediate));
+    return config_error("intermediate must be in [1, 2^20], got " + std::to_string(c.intermediate));
   }
   if (c.experts < 1 || c.experts > kMaxExperts) {
     return config_error("experts must be in [1, 65536], got " + std::to_string(c.experts));
@@ -112,8 +121,10 @@ Status validate(const LayerConfig& c) {
   switch (c.activation) {
     case Activation::swiglu:
     case Activation::geglu:
-    case Activation::swiglu_oss: break;
-    default: return {StatusCode::invalid_argument, "activation is not an Activation"};
+    case Activation::swiglu_oss:
+      break;
+    default:
+      return {StatusCode::invalid_argument, "activation is not an Activation"};
   }
   if (c.activation == Activation::swiglu_oss &&
       (!std::isfinite(c.swiglu_limit) || c.swiglu_limit <= 0 || !std::isfinite(c.swiglu_alpha))) {

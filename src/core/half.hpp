@@ -35,7 +35,7 @@ inline std::uint16_t f32_to_f16(float f) {
   const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
   const std::uint32_t sign = (u >> 16) & 0x8000u;
   const std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow to Inf
   if (abs < 0x38800000u) {  // below the smallest normal f16: round to a subnormal
     const float v = std::bit_cast<float>(abs) * 0x1p24f;  // exact scaling into [0, 1024)
@@ -50,10 +50,14 @@ inline std::uint16_t f32_to_f16(float f) {
 // Reads element `i` of a float buffer of dtype `dt` (f32, f16, bf16) as f32.
 inline float load_f32(DType dt, const void* base, std::int64_t i) {
   switch (dt) {
-    case DType::bf16: return bf16_to_f32(static_cast<const std::uint16_t*>(base)[i]);
-    case DType::f16: return f16_to_f32(static_cast<const std::uint16_t*>(base)[i]);
-    case DType::f32: return static_cast<const float*>(base)[i];
-    case DType::i32: return static_cast<float>(static_cast<const std::int32_t*>(base)[i]);
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const std::uint16_t*>(base)[i]);
+    case DType::f16:
+      return f16_to_f32(static_cast<const std::uint16_t*>(base)[i]);
+    case DType::f32:
+      return static_cast<const float*>(base)[i];
+    case DType::i32:
+      return static_cast<float>(static_cast<const std::int32_t*>(base)[i]);
   }
   return 0.0f;
 }
@@ -61,10 +65,18 @@ inline float load_f32(DType dt, const void* base, std::int64_t i) {
 // Writes `v` rounded to dtype `dt` into element `i`.
 inline void store_f32(DType dt, void* base, std::int64_t i, float v) {
   switch (dt) {
-    case DType::bf16: static_cast<std::uint16_t*>(base)[i] = f32_to_bf16(v); return;
-    case DType::f16: static_cast<std::uint16_t*>(base)[i] = f32_to_f16(v); return;
-    case DType::f32: static_cast<float*>(base)[i] = v; return;
-    case DType::i32: static_cast<std::int32_t*>(base)[i] = static_cast<std::int32_t>(v); return;
+    case DType::bf16:
+      static_cast<std::uint16_t*>(base)[i] = f32_to_bf16(v);
+      return;
+    case DType::f16:
+      static_cast<std::uint16_t*>(base)[i] = f32_to_f16(v);
+      return;
+    case DType::f32:
+      static_cast<float*>(base)[i] = v;
+      return;
+    case DType::i32:
+      static_cast<std::int32_t*>(base)[i] = static_cast<std::int32_t>(v);
+      return;
   }
 }
 

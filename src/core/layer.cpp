@@ -33,8 +33,8 @@ Result<Layer> Layer::create(const LayerConfig& config, PackedWeights&& weights) 
   }
   const core::BackendOps* ops = core::backend_ops(weights.backend());
   if (ops == nullptr) {
-    return Status{StatusCode::unsupported_arch, "the " + std::string(to_string(weights.backend())) +
-                                                    " backend is not available"};
+    return Status{StatusCode::unsupported_arch,
+                  "the " + std::string(to_string(weights.backend())) + " backend is not available"};
   }
   auto impl = std::make_unique<Impl>();
   impl->config = config;
@@ -61,8 +61,8 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
   const Device dev = ops.device();
   if (!a.x.present()) return {StatusCode::null_pointer, "x is required but absent"};
   if (a.x.rank != 2) {
-    return {StatusCode::invalid_shape, "x must be [T, " + std::to_string(c.hidden) + "], got " +
-                                           describe(a.x)};
+    return {StatusCode::invalid_shape,
+            "x must be [T, " + std::to_string(c.hidden) + "], got " + describe(a.x)};
   }
   const std::int64_t t = a.x.size(0), k = c.top_k;
   FUSEDMOE_RETURN_IF_ERROR(core::check_tensor(a.x, {"x", {t, c.hidden}, {c.dtype}, dev, true}));
@@ -93,8 +93,8 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
     return {StatusCode::null_pointer, "workspace.data is null"};
   }
   if (reinterpret_cast<std::uintptr_t>(a.workspace.data) % kWorkspaceAlignment != 0) {
-    return {StatusCode::misaligned, "workspace.data must be aligned to " +
-                                        std::to_string(kWorkspaceAlignment) + " bytes"};
+    return {StatusCode::misaligned,
+            "workspace.data must be aligned to " + std::to_string(kWorkspaceAlignment) + " bytes"};
   }
   return {};
 }
@@ -103,8 +103,7 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
 
 Status Layer::forward(const ForwardArgs& args) const {
   const std::int64_t tokens = args.x.rank == 2 ? args.x.size(0) : 0;
-  FUSEDMOE_RETURN_IF_ERROR(
-      check_forward(impl_->config, *impl_->ops, args, workspace_size(tokens)));
+  FUSEDMOE_RETURN_IF_ERROR(check_forward(impl_->config, *impl_->ops, args, workspace_size(tokens)));
   if (tokens == 0) return {};
   try {
     return impl_->ops->forward(*impl_->weights.impl(), args);
@@ -123,8 +122,8 @@ Status Layer::forward(ConstTensorRef x, TensorRef out) {
   try {
     if (impl_->owned_workspace.size() < needed) impl_->owned_workspace.resize(needed);
   } catch (const std::bad_alloc&) {
-    return {StatusCode::out_of_memory, "allocating a " + std::to_string(needed) +
-                                           "-byte workspace failed"};
+    return {StatusCode::out_of_memory,
+            "allocating a " + std::to_string(needed) + "-byte workspace failed"};
   }
   ForwardArgs args;
   args.x = x;

@@ -65,21 +65,23 @@ constexpr std::array kPresets = {
            "DeepSeek-V3: sigmoid grouped top-8 (8 groups, 4 kept), correction bias, x2.5, "
            "ungated shared expert",
            deepseek_v3()},
-    Preset{"gpt-oss-20b", "gpt-oss-20b: top-4 of biased logits then softmax, clamped SwiGLU, biases",
+    Preset{"gpt-oss-20b",
+           "gpt-oss-20b: top-4 of biased logits then softmax, clamped SwiGLU, biases",
            gpt_oss_20b()},
     Preset{"seed-mixtral-8x7b", "seed paper's Mixtral-8x7B: softmax, top-2, renormalised",
            softmax_layer(4096, 14336, 8, 2, true)},
     Preset{"seed-mixtral-8x22b", "seed paper's Mixtral-8x22B: softmax, top-2, renormalised",
            softmax_layer(6144, 16384, 8, 2, true)},
-    Preset{"seed-deepseek-v3",
-           "seed paper's DeepSeek-V3: plain sigmoid top-8, renormalised, no groups or shared expert",
-           seed_deepseek_v3()},
+    Preset{
+        "seed-deepseek-v3",
+        "seed paper's DeepSeek-V3: plain sigmoid top-8, renormalised, no groups or shared expert",
+        seed_deepseek_v3()},
     Preset{"seed-qwen2-moe-57b",
            "seed paper's Qwen2-MoE-57B: softmax, top-4, not renormalised, no shared expert",
            softmax_layer(3584, 2560, 64, 4, false)},
 };
 
-constexpr std::array<std::int64_t, 15> kContractTokens = {0,   1,   2,    3,    7,    16,   17,  33,
+constexpr std::array<std::int64_t, 15> kContractTokens = {0,   1,   2,   3,    7,    16,   17,  33,
                                                           127, 128, 129, 1000, 4095, 4096, 4097};
 constexpr std::array<std::int64_t, 6> kBenchTokens = {1, 16, 64, 256, 1024, 4096};
 
@@ -88,8 +90,8 @@ constexpr std::array<std::int64_t, 6> kBenchTokens = {1, 16, 64, 256, 1024, 4096
 std::span<const Preset> presets() { return kPresets; }
 
 const Preset* find_preset(std::string_view name) {
-  const auto it =
-      std::find_if(kPresets.begin(), kPresets.end(), [&](const Preset& p) { return p.name == name; });
+  const auto it = std::find_if(kPresets.begin(), kPresets.end(),
+                               [&](const Preset& p) { return p.name == name; });
   return it == kPresets.end() ? nullptr : &*it;
 }
 

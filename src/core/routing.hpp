@@ -43,11 +43,11 @@ void route_token(const Routing& routing, std::int64_t experts, std::int64_t k, c
                  const float* correction_bias, Real* real_scratch, std::int32_t* index_scratch,
                  std::int32_t* ids, float* weights) {
   const auto e_count = static_cast<std::int32_t>(experts);
-  Real* prob = real_scratch;                     // [E] the values weights are taken from
-  Real* select = real_scratch + experts;         // [E] the values experts are chosen by
+  Real* prob = real_scratch;                       // [E] the values weights are taken from
+  Real* select = real_scratch + experts;           // [E] the values experts are chosen by
   Real* group_score = real_scratch + 2 * experts;  // [n_group]
-  std::int32_t* candidates = index_scratch;           // [E]
-  std::int32_t* groups = index_scratch + experts;     // [n_group]
+  std::int32_t* candidates = index_scratch;        // [E]
+  std::int32_t* groups = index_scratch + experts;  // [n_group]
   std::int32_t n_candidates = e_count;
   for (std::int32_t e = 0; e < e_count; ++e) candidates[e] = e;
 
@@ -79,8 +79,8 @@ void route_token(const Routing& routing, std::int64_t experts, std::int64_t k, c
           // the group's two best selection values (NaN counts as -inf)
           std::int32_t* first = candidates + g * size;
           std::partial_sort(first, first + 2, first + size, ScoreOrder<Real>{select});
-          group_score[g] = ScoreOrder<Real>::key(select[first[0]]) +
-                           ScoreOrder<Real>::key(select[first[1]]);
+          group_score[g] =
+              ScoreOrder<Real>::key(select[first[0]]) + ScoreOrder<Real>::key(select[first[1]]);
           groups[g] = g;
         }
         std::partial_sort(groups, groups + routing.topk_group, groups + n_group,
@@ -99,7 +99,8 @@ void route_token(const Routing& routing, std::int64_t experts, std::int64_t k, c
     case RoutingKind::topk_softmax:
       for (std::int32_t e = 0; e < e_count; ++e) select[e] = logits[e];
       break;
-    case RoutingKind::precomputed: return;
+    case RoutingKind::precomputed:
+      return;
   }
 
   std::partial_sort(candidates, candidates + k, candidates + n_candidates,
@@ -123,9 +124,9 @@ void route_token(const Routing& routing, std::int64_t experts, std::int64_t k, c
   Real sum = 0;
   for (std::int64_t j = 0; j < k; ++j) sum += prob[ids[j]];
   // DeepSeek-V3 guards its sum with 1e-20; the softmax sum of k probabilities is never 0.
-  const Real denom = !routing.renormalize                         ? Real(1)
+  const Real denom = !routing.renormalize                        ? Real(1)
                      : routing.kind == RoutingKind::sigmoid_topk ? sum + Real(1e-20)
-                                                                  : sum;
+                                                                 : sum;
   for (std::int64_t j = 0; j < k; ++j) {
     weights[j] = static_cast<float>(prob[ids[j]] / denom * Real(routing.scaling));
   }

@@ -95,20 +95,22 @@ Status check_experts(const LayerConfig& c, const ExpertWeights& w, Device dev) {
   switch (w.layout) {
     case WeightLayout::gate_up_rows:
     case WeightLayout::up_gate_rows:
-      FUSEDMOE_RETURN_IF_ERROR(check_tensor(w.gate_up, {"experts.gate_up", {e, 2 * i, h}, {dt}, dev}));
+      FUSEDMOE_RETURN_IF_ERROR(
+          check_tensor(w.gate_up, {"experts.gate_up", {e, 2 * i, h}, {dt}, dev}));
       FUSEDMOE_RETURN_IF_ERROR(check_tensor(w.down, {"experts.down", {e, h, i}, {dt}, dev}));
       break;
     case WeightLayout::interleaved_cols:
-      FUSEDMOE_RETURN_IF_ERROR(check_tensor(w.gate_up, {"experts.gate_up", {e, h, 2 * i}, {dt}, dev}));
+      FUSEDMOE_RETURN_IF_ERROR(
+          check_tensor(w.gate_up, {"experts.gate_up", {e, h, 2 * i}, {dt}, dev}));
       FUSEDMOE_RETURN_IF_ERROR(check_tensor(w.down, {"experts.down", {e, i, h}, {dt}, dev}));
       break;
     case WeightLayout::separate: {
       for (auto [span, name] : {std::pair{w.w1, "experts.w1"}, std::pair{w.w3, "experts.w3"},
                                 std::pair{w.w2, "experts.w2"}}) {
         if (static_cast<std::int64_t>(span.size()) != e) {
-          return {StatusCode::invalid_shape, std::string(name) + " must hold one tensor per expert (" +
-                                                 std::to_string(e) + "), got " +
-                                                 std::to_string(span.size())};
+          return {StatusCode::invalid_shape,
+                  std::string(name) + " must hold one tensor per expert (" + std::to_string(e) +
+                      "), got " + std::to_string(span.size())};
         }
       }
       for (std::int64_t x = 0; x < e; ++x) {
@@ -120,14 +122,15 @@ Status check_experts(const LayerConfig& c, const ExpertWeights& w, Device dev) {
       }
       break;
     }
-    default: return {StatusCode::invalid_argument, "experts.layout is not a WeightLayout"};
+    default:
+      return {StatusCode::invalid_argument, "experts.layout is not a WeightLayout"};
   }
   if (w.layout == WeightLayout::separate) {
     FUSEDMOE_RETURN_IF_ERROR(check_absent(w.gate_up, "experts.gate_up", "layout is separate"));
     FUSEDMOE_RETURN_IF_ERROR(check_absent(w.down, "experts.down", "layout is separate"));
   } else if (!w.w1.empty() || !w.w3.empty() || !w.w2.empty()) {
-    return {StatusCode::invalid_argument, "experts.w1/w3/w2 were given but the layout is " +
-                                              std::string(to_string(w.layout))};
+    return {StatusCode::invalid_argument,
+            "experts.w1/w3/w2 were given but the layout is " + std::string(to_string(w.layout))};
   }
   if (c.expert_bias) {
     FUSEDMOE_RETURN_IF_ERROR(
@@ -153,7 +156,8 @@ Status check_router(const LayerConfig& c, const RouterWeights& r, Device dev) {
         check_tensor(r.weight, {"router.weight", {e, c.hidden}, {DType::f32, c.dtype}, dev}));
   }
   if (rt.router_bias) {
-    FUSEDMOE_RETURN_IF_ERROR(check_tensor(r.bias, {"router.bias", {e}, {DType::f32, c.dtype}, dev}));
+    FUSEDMOE_RETURN_IF_ERROR(
+        check_tensor(r.bias, {"router.bias", {e}, {DType::f32, c.dtype}, dev}));
   } else {
     FUSEDMOE_RETURN_IF_ERROR(check_absent(r.bias, "router.bias", "routing.router_bias is false"));
   }
@@ -170,9 +174,9 @@ Status check_router(const LayerConfig& c, const RouterWeights& r, Device dev) {
 Status check_shared(const LayerConfig& c, const SharedExpertWeights& s, Device dev) {
   const std::int64_t is = c.shared.intermediate, h = c.hidden;
   if (is == 0) {
-    for (auto [t, name] : {std::pair{s.gate, "shared.gate"}, std::pair{s.up, "shared.up"},
-                           std::pair{s.down, "shared.down"},
-                           std::pair{s.gate_weight, "shared.gate_weight"}}) {
+    for (auto [t, name] :
+         {std::pair{s.gate, "shared.gate"}, std::pair{s.up, "shared.up"},
+          std::pair{s.down, "shared.down"}, std::pair{s.gate_weight, "shared.gate_weight"}}) {
       FUSEDMOE_RETURN_IF_ERROR(check_absent(t, name, "config has no shared expert"));
     }
     return {};
@@ -220,10 +224,14 @@ Result<WeightSource> WeightSource::create(const LayerConfig& config, const Weigh
 MatrixView WeightSource::gate(std::int64_t e) const {
   const std::int64_t i = config_.intermediate;
   switch (experts_.layout) {
-    case WeightLayout::gate_up_rows: return slice(experts_.gate_up, e, false, 0, i);
-    case WeightLayout::up_gate_rows: return slice(experts_.gate_up, e, false, i, i);
-    case WeightLayout::interleaved_cols: return slice(experts_.gate_up, e, true, 0, i, 2);
-    case WeightLayout::separate: return slice(w1_[static_cast<std::size_t>(e)], 0, false);
+    case WeightLayout::gate_up_rows:
+      return slice(experts_.gate_up, e, false, 0, i);
+    case WeightLayout::up_gate_rows:
+      return slice(experts_.gate_up, e, false, i, i);
+    case WeightLayout::interleaved_cols:
+      return slice(experts_.gate_up, e, true, 0, i, 2);
+    case WeightLayout::separate:
+      return slice(w1_[static_cast<std::size_t>(e)], 0, false);
   }
   return {};
 }
@@ -231,37 +239,50 @@ MatrixView WeightSource::gate(std::int64_t e) const {
 MatrixView WeightSource::up(std::int64_t e) const {
   const std::int64_t i = config_.intermediate;
   switch (experts_.layout) {
-    case WeightLayout::gate_up_rows: return slice(experts_.gate_up, e, false, i, i);
-    case WeightLayout::up_gate_rows: return slice(experts_.gate_up, e, false, 0, i);
-    case WeightLayout::interleaved_cols: return slice(experts_.gate_up, e, true, 1, i, 2);
-    case WeightLayout::separate: return slice(w3_[static_cast<std::size_t>(e)], 0, false);
+    case WeightLayout::gate_up_rows:
+      return slice(experts_.gate_up, e, false, i, i);
+    case WeightLayout::up_gate_rows:
+      return slice(experts_.gate_up, e, false, 0, i);
+    case WeightLayout::interleaved_cols:
+      return slice(experts_.gate_up, e, true, 1, i, 2);
+    case WeightLayout::separate:
+      return slice(w3_[static_cast<std::size_t>(e)], 0, false);
   }
   return {};
 }
 
 MatrixView WeightSource::down(std::int64_t e) const {
   switch (experts_.layout) {
-    case WeightLayout::interleaved_cols: return slice(experts_.down, e, true);
-    case WeightLayout::separate: return slice(w2_[static_cast<std::size_t>(e)], 0, false);
-    default: return slice(experts_.down, e, false);
+    case WeightLayout::interleaved_cols:
+      return slice(experts_.down, e, true);
+    case WeightLayout::separate:
+      return slice(w2_[static_cast<std::size_t>(e)], 0, false);
+    default:
+      return slice(experts_.down, e, false);
   }
 }
 
 MatrixView WeightSource::gate_bias(std::int64_t e) const {
   const std::int64_t i = config_.intermediate;
   switch (experts_.layout) {
-    case WeightLayout::up_gate_rows: return vector_view(experts_.gate_up_bias, e, i, i);
-    case WeightLayout::interleaved_cols: return vector_view(experts_.gate_up_bias, e, 0, i, 2);
-    default: return vector_view(experts_.gate_up_bias, e, 0, i);
+    case WeightLayout::up_gate_rows:
+      return vector_view(experts_.gate_up_bias, e, i, i);
+    case WeightLayout::interleaved_cols:
+      return vector_view(experts_.gate_up_bias, e, 0, i, 2);
+    default:
+      return vector_view(experts_.gate_up_bias, e, 0, i);
   }
 }
 
 MatrixView WeightSource::up_bias(std::int64_t e) const {
   const std::int64_t i = config_.intermediate;
   switch (experts_.layout) {
-    case WeightLayout::up_gate_rows: return vector_view(experts_.gate_up_bias, e, 0, i);
-    case WeightLayout::interleaved_cols: return vector_view(experts_.gate_up_bias, e, 1, i, 2);
-    default: return vector_view(experts_.gate_up_bias, e, i, i);
+    case WeightLayout::up_gate_rows:
+      return vector_view(experts_.gate_up_bias, e, 0, i);
+    case WeightLayout::interleaved_cols:
+      return vector_view(experts_.gate_up_bias, e, 1, i, 2);
+    default:
+      return vector_view(experts_.gate_up_bias, e, i, i);
   }
 }
 

@@ -10,19 +10,26 @@ namespace fusedmoe {
 
 std::string_view to_string(WeightLayout layout) {
   switch (layout) {
-    case WeightLayout::gate_up_rows: return "gate_up_rows";
-    case WeightLayout::up_gate_rows: return "up_gate_rows";
-    case WeightLayout::interleaved_cols: return "interleaved_cols";
-    case WeightLayout::separate: return "separate";
+    case WeightLayout::gate_up_rows:
+      return "gate_up_rows";
+    case WeightLayout::up_gate_rows:
+      return "up_gate_rows";
+    case WeightLayout::interleaved_cols:
+      return "interleaved_cols";
+    case WeightLayout::separate:
+      return "separate";
   }
   return "unknown_layout";
 }
 
 std::string_view to_string(Backend backend) {
   switch (backend) {
-    case Backend::reference: return "reference";
-    case Backend::cpu: return "cpu";
-    case Backend::cuda: return "cuda";
+    case Backend::reference:
+      return "reference";
+    case Backend::cpu:
+      return "cpu";
+    case Backend::cuda:
+      return "cuda";
   }
   return "unknown_backend";
 }
@@ -56,8 +63,8 @@ Result<PackedWeights> pack_weights(const LayerConfig& config, const WeightSet& w
     if (!packed.ok()) return packed.status();
     return PackedWeights(std::move(packed).value());
   } catch (const std::bad_alloc&) {
-    return Status{StatusCode::out_of_memory, "packing the " + std::string(to_string(backend)) +
-                                                 " weights ran out of memory"};
+    return Status{StatusCode::out_of_memory,
+                  "packing the " + std::string(to_string(backend)) + " weights ran out of memory"};
   }
 }
 
@@ -65,9 +72,12 @@ namespace core {
 
 const BackendOps* backend_ops(Backend backend) {
   switch (backend) {
-    case Backend::reference: return &reference_backend();
-    case Backend::cpu: return &cpu_backend();
-    case Backend::cuda: return cuda_backend();
+    case Backend::reference:
+      return &reference_backend();
+    case Backend::cpu:
+      return &cpu_backend();
+    case Backend::cuda:
+      return cuda_backend();
   }
   return nullptr;
 }

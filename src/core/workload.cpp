@@ -38,7 +38,7 @@ struct Generator {
   // one division in the central 95%, a log and a square root only in the tails, which makes
   // gigabytes of Gaussian weights several times faster to draw than Box-Muller.
   static double inverse_normal_cdf(double p) {
-    constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+    constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                             1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
     constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
                             6.680131188771972e+01, -1.328068155288572e+01};
@@ -61,8 +61,19 @@ struct Generator {
 
 // Streams of the logical weights: a weight's values do not depend on the layout it is stored in.
 enum Stream : std::uint64_t {
-  kRouter = 1, kRouterBias, kCorrectionBias, kGate, kUp, kDown, kGateBias, kUpBias, kDownBias,
-  kSharedGate, kSharedUp, kSharedDown, kSharedGateWeight,
+  kRouter = 1,
+  kRouterBias,
+  kCorrectionBias,
+  kGate,
+  kUp,
+  kDown,
+  kGateBias,
+  kUpBias,
+  kDownBias,
+  kSharedGate,
+  kSharedUp,
+  kSharedDown,
+  kSharedGateWeight,
 };
 
 // Fills `t` (any rank, contiguous) element by element from value(flat index) in parallel over
@@ -99,9 +110,8 @@ void HostTensor::randomize(Fill fill, std::uint64_t seed, std::uint64_t stream, 
     }
     return;
   }
-  fill_tensor(*this, [&](std::int64_t i) {
-    return g.value(fill, static_cast<std::uint64_t>(i), scale);
-  });
+  fill_tensor(*this,
+              [&](std::int64_t i) { return g.value(fill, static_cast<std::uint64_t>(i), scale); });
 }
 
 HostTensor::HostTensor(HostTensor&& other) noexcept
@@ -162,9 +172,8 @@ HostWeights HostWeights::random(const LayerConfig& c, const WorkloadOptions& o) 
         return is_gate ? gate_v(x, r % in, y) : up_v(x, r % in, y);
       });
       w.down = HostTensor(dt, {e, h, in});
-      fill_tensor(w.down, [&](std::int64_t f) {
-        return down_v(f / (h * in), (f / in) % h, f % in);
-      });
+      fill_tensor(w.down,
+                  [&](std::int64_t f) { return down_v(f / (h * in), (f / in) % h, f % in); });
       break;
     }
     case WeightLayout::interleaved_cols:
@@ -174,9 +183,8 @@ HostWeights HostWeights::random(const LayerConfig& c, const WorkloadOptions& o) 
         return col % 2 == 0 ? gate_v(x, col / 2, y) : up_v(x, col / 2, y);
       });
       w.down = HostTensor(dt, {e, in, h});
-      fill_tensor(w.down, [&](std::int64_t f) {
-        return down_v(f / (in * h), f % h, (f / h) % in);
-      });
+      fill_tensor(w.down,
+                  [&](std::int64_t f) { return down_v(f / (in * h), f % h, (f / h) % in); });
       break;
     case WeightLayout::separate:
       for (std::int64_t x = 0; x < e; ++x) {
@@ -198,9 +206,18 @@ HostWeights HostWeights::random(const LayerConfig& c, const WorkloadOptions& o) 
       std::int64_t i = 0;
       bool is_gate = false;
       switch (o.layout) {
-        case WeightLayout::interleaved_cols: is_gate = col % 2 == 0; i = col / 2; break;
-        case WeightLayout::up_gate_rows: is_gate = col >= in; i = col % in; break;
-        default: is_gate = col < in; i = col % in; break;
+        case WeightLayout::interleaved_cols:
+          is_gate = col % 2 == 0;
+          i = col / 2;
+          break;
+        case WeightLayout::up_gate_rows:
+          is_gate = col >= in;
+          i = col % in;
+          break;
+        default:
+          is_gate = col < in;
+          i = col % in;
+          break;
       }
       return (is_gate ? gb : ub).value(o.fill, u64(x * in + i), 0.5f);
     });
@@ -243,9 +260,9 @@ WeightSet HostWeights::view() const {
 
 std::size_t HostWeights::bytes() const {
   std::size_t b = 0;
-  for (const HostTensor* t : {&router, &router_bias, &correction_bias, &gate_up, &down,
-                              &gate_up_bias, &down_bias, &shared_gate, &shared_up, &shared_down,
-                              &shared_gate_weight}) {
+  for (const HostTensor* t :
+       {&router, &router_bias, &correction_bias, &gate_up, &down, &gate_up_bias, &down_bias,
+        &shared_gate, &shared_up, &shared_down, &shared_gate_weight}) {
     b += t->size_bytes();
   }
   for (const auto* v : {&w1, &w3, &w2}) {
@@ -285,8 +302,8 @@ void zipf_routing(std::int64_t tokens, std::int64_t experts, std::int64_t k, dou
         // draw an expert among those left, proportionally to its share
         double u = tg.uniform(static_cast<std::uint64_t>(2 * j)) * total;
         std::int64_t e = 0;
-        while (e < experts - 1 && (left[static_cast<std::size_t>(e)] == 0 ||
-                                   u >= left[static_cast<std::size_t>(e)])) {
+        while (e < experts - 1 &&
+               (left[static_cast<std::size_t>(e)] == 0 || u >= left[static_cast<std::size_t>(e)])) {
           u -= left[static_cast<std::size_t>(e)];
           ++e;
         }

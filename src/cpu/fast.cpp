@@ -23,8 +23,8 @@
 namespace fusedmoe::cpu {
 namespace {
 
-constexpr std::int64_t kPairRows = 4;              // gate/up rows interleaved in groups of this
-constexpr std::int64_t kTokenChunk = 32;           // activation rows per dot_tile call
+constexpr std::int64_t kPairRows = 4;                  // gate/up rows interleaved in groups of this
+constexpr std::int64_t kTokenChunk = 32;               // activation rows per dot_tile call
 constexpr std::int64_t kWeightBlockBytes = 256 << 10;  // weight rows per work item: about L2/4
 constexpr std::int64_t kMaxBlockRows = 256;
 // Waking the other threads costs microseconds (far more when the machine is oversubscribed and
@@ -35,7 +35,8 @@ std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m *
 
 // Weight rows per work item: a block of about kWeightBlockBytes, a multiple of `multiple`.
 std::int64_t block_rows(std::int64_t row_bytes, std::int64_t multiple, std::int64_t total) {
-  const std::int64_t rows = std::clamp<std::int64_t>(kWeightBlockBytes / row_bytes, 1, kMaxBlockRows);
+  const std::int64_t rows =
+      std::clamp<std::int64_t>(kWeightBlockBytes / row_bytes, 1, kMaxBlockRows);
   return std::min(round_up(total, multiple), std::max(multiple, rows / multiple * multiple));
 }
 
@@ -46,9 +47,9 @@ struct ExpertMatrices {
   // [2 · inter_pad, H] rows: for each group g of kPairRows, gate rows then up rows of that group;
   // rows past I are zero.
   std::vector<std::byte> gate_up;
-  std::vector<std::byte> down;       // [H, I]
-  std::vector<float> gate_up_bias;   // [2 · inter_pad], same order; empty without biases
-  std::vector<float> down_bias;      // [H]
+  std::vector<std::byte> down;      // [H, I]
+  std::vector<float> gate_up_bias;  // [2 · inter_pad], same order; empty without biases
+  std::vector<float> down_bias;     // [H]
 };
 
 struct CpuWeights final : PackedWeights::Impl {
@@ -107,17 +108,17 @@ ExpertMatrices pack_expert(const LayerConfig& c, const core::MatrixView& gate,
 
 // Carves the workspace into the stage buffers; the same arithmetic sizes it.
 struct Buffers {
-  float* logits = nullptr;       // [T, L]
-  std::int32_t* ids = nullptr;   // [T · k]
-  float* weights = nullptr;      // [T · k]
+  float* logits = nullptr;          // [T, L]
+  std::int32_t* ids = nullptr;      // [T · k]
+  float* weights = nullptr;         // [T · k]
   std::int32_t* offsets = nullptr;  // [E + 1]
   std::int32_t* cursor = nullptr;   // [E]
-  std::int32_t* perm = nullptr;  // [T · k] sorted position -> t · k + j
-  std::int32_t* pos = nullptr;   // [T · k] t · k + j -> sorted position, -1 for a dropped slot
-  float* act = nullptr;          // [T · k, I]
-  float* y = nullptr;            // [T · k, H]
-  float* shared_act = nullptr;   // [T, Is]
-  float* shared_y = nullptr;     // [T, H]
+  std::int32_t* perm = nullptr;     // [T · k] sorted position -> t · k + j
+  std::int32_t* pos = nullptr;      // [T · k] t · k + j -> sorted position, -1 for a dropped slot
+  float* act = nullptr;             // [T · k, I]
+  float* y = nullptr;               // [T · k, H]
+  float* shared_act = nullptr;      // [T, Is]
+  float* shared_y = nullptr;        // [T, H]
   std::size_t bytes = 0;
 
   Buffers(const LayerConfig& c, std::int64_t t, std::byte* base) {
@@ -158,15 +159,14 @@ T at2(const ConstTensorRef& t, std::int64_t r, std::int64_t c) {
 }
 
 const void* x_row(const ForwardArgs& a, std::int64_t t, std::size_t es) {
-  return static_cast<const std::byte*>(a.x.data) +
-         static_cast<std::size_t>(t * a.x.stride(0)) * es;
+  return static_cast<const std::byte*>(a.x.data) + static_cast<std::size_t>(t * a.x.stride(0)) * es;
 }
 
 // GEMM1 of one expert MLP for m activation rows: act[r, i] = act(gate, up) for r < m, i < I.
 // rows(r) gives activation row r (layer dtype); act rows are `act_ld` apart.
 template <class RowFn>
-void gemm1_block(const Kernels& kern, const LayerConfig& c, const ExpertMatrices& w,
-                 std::int64_t m, RowFn rows, std::int64_t row0, std::int64_t nrows, float* act,
+void gemm1_block(const Kernels& kern, const LayerConfig& c, const ExpertMatrices& w, std::int64_t m,
+                 RowFn rows, std::int64_t row0, std::int64_t nrows, float* act,
                  std::int64_t act_ld) {
   const std::size_t es = dtype_size(c.dtype);
   const std::byte* b = w.gate_up.data() + static_cast<std::size_t>(row0 * c.hidden) * es;
@@ -198,8 +198,8 @@ void gemm1_block(const Kernels& kern, const LayerConfig& c, const ExpertMatrices
 
 // GEMM2 of one expert MLP for m rows: y[r, h] = act[r] · down[h] for h in [h0, h0 + nh); the
 // epilogue (bias, routing weight) is the caller's.
-void gemm2_block(const Kernels& kern, const LayerConfig& c, const ExpertMatrices& w,
-                 std::int64_t m, const float* act, std::int64_t h0, std::int64_t nh, float* y) {
+void gemm2_block(const Kernels& kern, const LayerConfig& c, const ExpertMatrices& w, std::int64_t m,
+                 const float* act, std::int64_t h0, std::int64_t nh, float* y) {
   const std::size_t es = dtype_size(c.dtype);
   const std::byte* b = w.down.data() + static_cast<std::size_t>(h0 * w.inter) * es;
   const void* a_rows[kTokenChunk];
@@ -250,9 +250,9 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t t_count = a.x.size(0), k = c.top_k, e_count = c.experts, h = c.hidden;
     const std::size_t es = dtype_size(c.dtype);
     Buffers buf(c, t_count, static_cast<std::byte*>(a.workspace.data));
-    const double flops = 2.0 * static_cast<double>(t_count) *
-                         static_cast<double>(h * (3 * k * c.intermediate + 3 * c.shared.intermediate +
-                                                  e_count));
+    const double flops =
+        2.0 * static_cast<double>(t_count) *
+        static_cast<double>(h * (3 * k * c.intermediate + 3 * c.shared.intermediate + e_count));
     const bool threaded = flops >= kThreadedFlops;
 
     route(kern, w, a, buf, threaded);
@@ -274,8 +274,7 @@ class CpuBackend final : public core::BackendOps {
           std::min(block1, rows1 - row0), buf.act + off * c.intermediate, c.intermediate);
     }
     // GEMM2, routed experts: work items (expert, block of H).
-    const std::int64_t block2 =
-        block_rows(c.intermediate * static_cast<std::int64_t>(es), 8, h);
+    const std::int64_t block2 = block_rows(c.intermediate * static_cast<std::int64_t>(es), 8, h);
     const std::int64_t items2 = (h + block2 - 1) / block2;
 #pragma omp parallel for schedule(dynamic, 1) if (threaded)
     for (std::int64_t item = 0; item < e_count * items2; ++item) {
@@ -315,8 +314,7 @@ class CpuBackend final : public core::BackendOps {
         const void* a_rows[kTokenChunk];
         for (std::int64_t r = 0; r < mm; ++r) a_rows[r] = x_row(a, t0 + r, es);
         kern.dot_tile(c.dtype, a_rows, static_cast<int>(mm), DType::f32, w.router.data(), h,
-                      static_cast<int>(router_rows), h, buf.logits + t0 * l + (l - router_rows),
-                      l);
+                      static_cast<int>(router_rows), h, buf.logits + t0 * l + (l - router_rows), l);
       }
     }
 #pragma omp parallel if (threaded)
@@ -339,10 +337,9 @@ class CpuBackend final : public core::BackendOps {
           if (!w.router_bias.empty()) {
             for (std::int64_t e = 0; e < e_count; ++e) logits[e] += w.router_bias[e];
           }
-          core::route_token<float>(
-              c.routing, e_count, k, logits,
-              w.correction_bias.empty() ? nullptr : w.correction_bias.data(), real_scratch.data(),
-              index_scratch.data(), ids, weights);
+          core::route_token<float>(c.routing, e_count, k, logits,
+                                   w.correction_bias.empty() ? nullptr : w.correction_bias.data(),
+                                   real_scratch.data(), index_scratch.data(), ids, weights);
         }
         for (std::int64_t j = 0; j < k; ++j) {
           if (a.ids_out.present()) at2<std::int32_t>(a.ids_out, t, j) = ids[j];

@@ -19,19 +19,19 @@ using core::load_f32;
 struct ReferenceWeights final : PackedWeights::Impl {
   using Impl::Impl;
   std::size_t bytes() const override {
-    std::size_t b = gate.size() + up.size() + down.size() + shared_gate.size() +
-                    shared_up.size() + shared_down.size();
-    for (const auto* v : {&gate_bias, &up_bias, &down_bias, &router, &router_bias,
-                          &correction_bias, &shared_gate_weight}) {
+    std::size_t b = gate.size() + up.size() + down.size() + shared_gate.size() + shared_up.size() +
+                    shared_down.size();
+    for (const auto* v : {&gate_bias, &up_bias, &down_bias, &router, &router_bias, &correction_bias,
+                          &shared_gate_weight}) {
       b += v->size() * sizeof(float);
     }
     return b;
   }
-  std::vector<std::byte> gate, up, down;  // [E, I, H], [E, I, H], [E, H, I], layer dtype
+  std::vector<std::byte> gate, up, down;             // [E, I, H], [E, I, H], [E, H, I], layer dtype
   std::vector<float> gate_bias, up_bias, down_bias;  // [E, I], [E, I], [E, H]
-  std::vector<float> router, router_bias, correction_bias;  // [E, H], [E], [E]
+  std::vector<float> router, router_bias, correction_bias;     // [E, H], [E], [E]
   std::vector<std::byte> shared_gate, shared_up, shared_down;  // [Is, H], [Is, H], [H, Is]
-  std::vector<float> shared_gate_weight;  // [H]
+  std::vector<float> shared_gate_weight;                       // [H]
 };
 
 std::vector<std::byte> copy_experts(const core::WeightSource& src, std::int64_t experts,
@@ -151,8 +151,8 @@ class ReferenceBackend final : public core::BackendOps {
       }
       if (c.routing.kind == RoutingKind::precomputed) {
         for (std::int64_t j = 0; j < k; ++j) {
-          ids[j] = static_cast<const std::int32_t*>(a.topk_ids.data)[t * a.topk_ids.stride(0) +
-                                                                     j * a.topk_ids.stride(1)];
+          ids[j] = static_cast<const std::int32_t*>(
+              a.topk_ids.data)[t * a.topk_ids.stride(0) + j * a.topk_ids.stride(1)];
           weights[j] = static_cast<const float*>(
               a.topk_weights.data)[t * a.topk_weights.stride(0) + j * a.topk_weights.stride(1)];
         }
@@ -201,12 +201,13 @@ class ReferenceBackend final : public core::BackendOps {
       }
       for (std::int64_t j = 0; j < k; ++j) {
         if (a.ids_out.present()) {
-          static_cast<std::int32_t*>(a.ids_out.data)[t * a.ids_out.stride(0) +
-                                                     j * a.ids_out.stride(1)] = ids[j];
+          static_cast<std::int32_t*>(
+              a.ids_out.data)[t * a.ids_out.stride(0) + j * a.ids_out.stride(1)] = ids[j];
         }
         if (a.weights_out.present()) {
-          static_cast<float*>(a.weights_out.data)[t * a.weights_out.stride(0) +
-                                                  j * a.weights_out.stride(1)] = weights[j];
+          static_cast<float*>(
+              a.weights_out.data)[t * a.weights_out.stride(0) + j * a.weights_out.stride(1)] =
+              weights[j];
         }
       }
     }

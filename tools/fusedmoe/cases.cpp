@@ -357,7 +357,7 @@ bench::JsonObject result_json(const ResultRow& row, const bench::MachineInfo& ma
 std::string describe_ceilings(const bench::Ceilings& c) {
   char buf[256];
   std::snprintf(buf, sizeof(buf),
-                "read %.1f GB/s (%s buffer, median of %d passes, %d threads); "
+                "read %.1f GB/s (%s buffer, best of %d passes, %d threads); "
                 "fp32 FMA %.1f GFLOP/s (%s, %d threads)",
                 c.read.gbps, format_bytes(static_cast<double>(c.read.bytes)).c_str(), c.read.passes,
                 c.read.threads, c.compute.gflops, c.compute.isa.c_str(), c.compute.threads);

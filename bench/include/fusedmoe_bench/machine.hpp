@@ -27,7 +27,9 @@ MachineInfo machine_info();
 std::int64_t mem_available_bytes();
 
 struct ReadBandwidth {
-  double gbps = 0;         // 1e9 bytes per second, median of the timed passes
+  // 1e9 bytes per second: the best of the timed passes. A ceiling is what the machine can do;
+  // on a shared machine the median measures the neighbours as much as the memory.
+  double gbps = 0;
   std::int64_t bytes = 0;  // buffer size read per pass
   int passes = 0;          // timed passes (after one warm-up pass)
   int threads = 0;
