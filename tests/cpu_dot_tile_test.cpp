@@ -30,20 +30,6 @@ constexpr int kNs[] = {1, 2, 3, 4, 5, 8, 13, 33};
 
 enum class Fill { gaussian, integer };
 
-const char* name_of(DType dtype) {
-  switch (dtype) {
-    case DType::f32:
-      return "f32";
-    case DType::f16:
-      return "f16";
-    case DType::bf16:
-      return "bf16";
-    case DType::i32:
-      return "i32";
-  }
-  return "?";
-}
-
 std::int64_t elem_bytes(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
 
 bool is_poison(float x) { return std::bit_cast<std::uint32_t>(x) == kPoisonBits; }
@@ -294,8 +280,8 @@ TEST_P(DotTileTest, EmptyShapes) {
 
 // "a_bf16_b_f32_on_avx512"
 std::string param_name(const ::testing::TestParamInfo<std::tuple<Isa, DType, DType>>& info) {
-  return std::string("a_") + name_of(std::get<1>(info.param)) + "_b_" +
-         name_of(std::get<2>(info.param)) + "_on_" +
+  return std::string("a_") + std::string(to_string(std::get<1>(info.param))) + "_b_" +
+         std::string(to_string(std::get<2>(info.param))) + "_on_" +
          std::string(to_string(std::get<0>(info.param)));
 }
 
