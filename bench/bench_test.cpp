@@ -23,6 +23,19 @@ TEST(Timing, MedianMinMax) {
   EXPECT_EQ(summarize({}).reps, 0);
 }
 
+TEST(Timing, Percentiles) {
+  // 0, 1, ..., 100 shuffled: the q-quantile is 100·q.
+  std::vector<double> v;
+  for (int i = 100; i >= 0; --i) v.push_back((i * 37) % 101);
+  const TimingStats s = summarize(v);
+  EXPECT_DOUBLE_EQ(s.p10_us, 10);
+  EXPECT_DOUBLE_EQ(s.median_us, 50);
+  EXPECT_DOUBLE_EQ(s.p90_us, 90);
+  EXPECT_DOUBLE_EQ(quantile({1, 2}, 0.25), 1.25);  // between ranks
+  EXPECT_DOUBLE_EQ(quantile({7}, 0.9), 7);
+  EXPECT_EQ(quantile({}, 0.5), 0);
+}
+
 TEST(Timing, TimeRepsRunsWarmupThenReps) {
   std::vector<int> seen;
   const auto stats = time_reps(2, 3, [&](int i) {

@@ -1,6 +1,7 @@
 // Determinism (CONTRACT.md): the same inputs give the same bits run to run, a token's output is
 // the same bits alone or at any row of any batch, and neither depends on the OpenMP thread count
-// or on other threads calling forward at the same time.
+// or on other threads calling forward at the same time. Checked on the backend under test
+// (Backend::cpu, or Backend::cuda with FUSEDMOE_TEST_BACKEND=cuda).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -93,13 +94,20 @@ std::string param_name(const ::testing::TestParamInfo<std::tuple<Variant, DType>
          std::string(to_string(std::get<1>(info.param)));
 }
 
-class Determinism : public ::testing::TestWithParam<std::tuple<Variant, DType>> {};
+class Determinism : public ::testing::TestWithParam<std::tuple<Variant, DType>> {
+ protected:
+  void SetUp() override {
+    FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
+    const auto [variant, dtype] = GetParam();
+    FUSEDMOE_TEST_REQUIRE_SUPPORT(test::backend_under_test(), variant_config(variant, dtype));
+  }
+};
 
 TEST_P(Determinism, SameInputsSameBits) {
   const auto [variant, dtype] = GetParam();
   const Problem p(variant_config(variant, dtype), 129, variant_options(variant));
   SCOPED_TRACE(p.describe());
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
+  for (Backend backend : {Backend::reference, test::backend_under_test()}) {
     SCOPED_TRACE(to_string(backend));
     Result<Layer> layer = test::make_layer(p.config, p.weights().view(), backend);
     ASSERT_TRUE(layer.ok());
@@ -120,8 +128,9 @@ TEST_P(Determinism, BatchInvariantAloneOrInAnyBatch) {
   const auto [variant, dtype] = GetParam();
   const Problem big(variant_config(variant, dtype), 333, variant_options(variant));
   SCOPED_TRACE(big.describe());
-  Result<Layer> layer = test::make_layer(big.config, big.weights().view(), Backend::cpu);
-  ASSERT_TRUE(layer.ok());
+  Result<Layer> layer =
+      test::make_layer(big.config, big.weights().view(), test::backend_under_test());
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
   const RunResult whole = test::run_layer(layer.value(), big, dtype);
   ASSERT_TRUE(whole.status.ok());
   EXPECT_EQ(test::count_poison(whole.out.cref()), 0);
@@ -170,7 +179,7 @@ TEST_P(Determinism, IndependentOfThreadCount) {
   for (int threads : {1, 2, 3}) {
     omp_set_num_threads(threads);
     // packing runs under the thread count too
-    const RunResult r = test::run_backend(p, Backend::cpu);
+    const RunResult r = test::run_backend(p, test::backend_under_test());
     ASSERT_TRUE(r.status.ok());
     if (first.empty()) {
       first = test::output_bytes(r);
@@ -197,11 +206,13 @@ INSTANTIATE_TEST_SUITE_P(Determinism, Determinism,
 
 TEST(DeterminismThreads, ConcurrentForwardsAgreeWithSerial) {
   // forward is documented safe to call from several threads with distinct workspaces and outputs
+  // (on CUDA, each thread's run_layer has a stream of its own)
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
   LayerConfig c = test::make_config(160, 48, 16, 4);
   c.shared = {32, true};
   const Problem p(c, 200);
-  Result<Layer> layer = test::make_layer(c, p.weights().view(), Backend::cpu);
-  ASSERT_TRUE(layer.ok());
+  Result<Layer> layer = test::make_layer(c, p.weights().view(), test::backend_under_test());
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
   const RunResult serial = test::run_layer(layer.value(), p, c.dtype);
   ASSERT_TRUE(serial.status.ok());
   std::vector<RunResult> results(4);
@@ -217,10 +228,11 @@ TEST(DeterminismThreads, ConcurrentForwardsAgreeWithSerial) {
 }
 
 TEST(DeterminismThreads, MovedLayerKeepsWorking) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
   const LayerConfig c = test::make_config(96, 40, 8, 2);
   const Problem p(c, 20);
-  Result<Layer> layer = test::make_layer(c, p.weights().view(), Backend::cpu);
-  ASSERT_TRUE(layer.ok());
+  Result<Layer> layer = test::make_layer(c, p.weights().view(), test::backend_under_test());
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
   const RunResult before = test::run_layer(layer.value(), p, c.dtype);
   Layer moved = std::move(layer).value();
   Layer assigned = std::move(moved);
@@ -228,7 +240,7 @@ TEST(DeterminismThreads, MovedLayerKeepsWorking) {
   ASSERT_TRUE(before.status.ok() && after.status.ok());
   EXPECT_TRUE(test::output_bytes(before) == test::output_bytes(after));
   EXPECT_EQ(assigned.config(), c);
-  EXPECT_EQ(assigned.backend(), Backend::cpu);
+  EXPECT_EQ(assigned.backend(), test::backend_under_test());
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// Backend::cpu against the fp64 reference over CONTRACT.md's sweeps: token counts, expert
-// counts, k, every routing kind, activation, shared expert, dtype and weight layout, precomputed
-// routing of every shape (uniform, Zipf, one hot expert, idle experts, duplicate and invalid ids),
-// strided rows, and integer-valued data where routing must match exactly.
+// The backend under test (Backend::cpu, or Backend::cuda with FUSEDMOE_TEST_BACKEND=cuda) against
+// the fp64 reference over CONTRACT.md's sweeps: token counts, expert counts, k, every routing
+// kind, activation, shared expert, dtype and weight layout, precomputed routing of every shape
+// (uniform, Zipf, one hot expert, idle experts, duplicate and invalid ids), strided rows, and
+// integer-valued data where routing must match exactly.
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
@@ -256,90 +257,98 @@ std::vector<E2ECase> all_cases() {
   return v;
 }
 
-class CpuVsReference : public ::testing::TestWithParam<E2ECase> {};
+class BackendVsReference : public ::testing::TestWithParam<E2ECase> {
+ protected:
+  void SetUp() override { FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test()); }
+};
 
-TEST_P(CpuVsReference, Matches) {
+TEST_P(BackendVsReference, Matches) {
   const E2ECase& c = GetParam();
+  FUSEDMOE_TEST_REQUIRE_SUPPORT(test::backend_under_test(), c.config, c.options);
   const test::Problem p(c.config, c.tokens, c.options);
-  const test::Verdict v = test::expect_matches_reference(p);
+  const test::Verdict v = test::expect_matches_reference(p, test::backend_under_test());
   if (c.options.fill == Fill::integer) {
     EXPECT_EQ(v.excluded_tokens, 0);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(E2E, CpuVsReference, ::testing::ValuesIn(all_cases()),
+INSTANTIATE_TEST_SUITE_P(E2E, BackendVsReference, ::testing::ValuesIn(all_cases()),
                          [](const auto& info) { return info.param.name; });
 
 // ---- cases that need more than one run
 // --------------------------------------------------------------
 
 TEST(E2E, InvalidIdsContributeExactlyZero) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
   // Replacing a slot's id by an invalid one must give the same output as giving that slot
   // weight 0 with a valid id: the invalid slot adds exactly nothing.
-  const LayerConfig c = precomputed(test::make_config(96, 40, 8, 3, DType::f32));
-  test::Problem bad(c, 40, ids(test::Ids::zipf, 0.0));
-  test::Problem zero(c, 40, bad.options);
-  std::int64_t n_bad = 0;
-  for (std::int64_t t = 0; t < 40; t += 2) {
-    bad.id(t, 1) = t % 4 == 0 ? -1 : static_cast<std::int32_t>(c.experts + t);
-    zero.route_weight(t, 1) = 0.0f;
-    ++n_bad;
-  }
-  SCOPED_TRACE(bad.describe());
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
-    SCOPED_TRACE(to_string(backend));
-    const test::RunResult a = test::run_backend(bad, backend);
-    const test::RunResult b = test::run_backend(zero, backend);
-    ASSERT_TRUE(a.status.ok() && b.status.ok());
-    EXPECT_EQ(a.invalid_ids, n_bad);
-    EXPECT_EQ(b.invalid_ids, 0);
-    EXPECT_EQ(test::count_poison(a.out.cref()), 0);
-    EXPECT_TRUE(test::output_bytes(a) == test::output_bytes(b));
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const LayerConfig c = precomputed(test::make_config(96, 40, 8, 3, dt));
+    test::Problem bad(c, 40, ids(test::Ids::zipf, 0.0));
+    test::Problem zero(c, 40, bad.options);
+    std::int64_t n_bad = 0;
+    for (std::int64_t t = 0; t < 40; t += 2) {
+      bad.id(t, 1) = t % 4 == 0 ? -1 : static_cast<std::int32_t>(c.experts + t);
+      zero.route_weight(t, 1) = 0.0f;
+      ++n_bad;
+    }
+    SCOPED_TRACE(bad.describe());
+    for (Backend backend : {Backend::reference, test::backend_under_test()}) {
+      if (!test::unsupported_reason(backend, c).empty()) continue;
+      SCOPED_TRACE(to_string(backend));
+      const test::RunResult a = test::run_backend(bad, backend);
+      const test::RunResult b = test::run_backend(zero, backend);
+      ASSERT_TRUE(a.status.ok() && b.status.ok());
+      EXPECT_EQ(a.invalid_ids, n_bad);
+      EXPECT_EQ(b.invalid_ids, 0);
+      EXPECT_EQ(test::count_poison(a.out.cref()), 0);
+      EXPECT_TRUE(test::output_bytes(a) == test::output_bytes(b));
+    }
   }
 }
 
 TEST(E2E, InvalidIdCountResetsWhenTaken) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
   const LayerConfig c = precomputed(test::make_config(64, 24, 8, 2));
   test::Problem p(c, 30, ids(test::Ids::invalid, 0.0));
-  Result<Layer> layer = test::make_layer(c, p.weights().view(), Backend::cpu);
-  ASSERT_TRUE(layer.ok());
+  Result<Layer> layer = test::make_layer(c, p.weights().view(), test::backend_under_test());
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
   const std::int64_t want = p.invalid_id_count();
   ASSERT_GT(want, 0);
   // two forwards accumulate; taking the count resets it
-  test::RunResult r1 = test::run_layer(layer.value(), p, c.dtype);  // takes the count
+  const test::RunResult r1 = test::run_layer(layer.value(), p, c.dtype);  // takes the count
+  ASSERT_TRUE(r1.status.ok()) << r1.status.to_string();
   EXPECT_EQ(r1.invalid_ids, want);
-  test::GuardedOutput out(c.dtype, 30, c.hidden);
-  std::vector<std::byte> ws(layer->workspace_size(30));
-  ForwardArgs a;
-  a.x = p.x;
-  a.out = out.ref();
-  a.topk_ids = p.ids.cref();
-  a.topk_weights = p.topk_weights.cref();
-  a.workspace = {ws.data(), ws.size()};
-  ASSERT_TRUE(layer->forward(a).ok());
-  ASSERT_TRUE(layer->forward(a).ok());
-  EXPECT_EQ(layer->take_invalid_id_count(), 2 * want);
+  const test::RunResult r2 = test::run_layer(layer.value(), p, c.dtype, 2);
+  ASSERT_TRUE(r2.status.ok()) << r2.status.to_string();
+  EXPECT_EQ(r2.invalid_ids, 2 * want);
   EXPECT_EQ(layer->take_invalid_id_count(), 0);
 }
 
 TEST(E2E, StridedXGivesTheSameBitsAsContiguous) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
   const LayerConfig c = with_shared(test::make_config(128, 40, 8, 2), 24, true);
   test::Options o;
   o.seed = test::case_seed();
   const test::Problem contiguous(c, 50, o);
-  o.x_row_stride = 128 + 17;
-  test::Problem strided(c, 50, o);
-  // same x values in the strided buffer
-  for (std::int64_t t = 0; t < 50; ++t) {
-    for (std::int64_t h = 0; h < 128; ++h) {
-      strided.set_x(t, h, static_cast<float>(contiguous.x_at(t, h)));
+  // an odd stride, and one that keeps rows 16-byte aligned
+  for (std::int64_t stride : {128 + 17, 128 + 24}) {
+    o.x_row_stride = stride;
+    test::Problem strided(c, 50, o);
+    // same x values in the strided buffer
+    for (std::int64_t t = 0; t < 50; ++t) {
+      for (std::int64_t h = 0; h < 128; ++h) {
+        strided.set_x(t, h, static_cast<float>(contiguous.x_at(t, h)));
+      }
     }
-  }
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
-    const test::RunResult a = test::run_backend(contiguous, backend);
-    const test::RunResult b = test::run_backend(strided, backend);
-    ASSERT_TRUE(a.status.ok() && b.status.ok());
-    EXPECT_TRUE(test::output_bytes(a) == test::output_bytes(b)) << to_string(backend);
+    for (Backend backend : {Backend::reference, test::backend_under_test()}) {
+      if (!test::unsupported_reason(backend, c, o).empty()) continue;
+      const test::RunResult a = test::run_backend(contiguous, backend);
+      const test::RunResult b = test::run_backend(strided, backend);
+      ASSERT_TRUE(a.status.ok() && b.status.ok()) << b.status.to_string();
+      EXPECT_TRUE(test::output_bytes(a) == test::output_bytes(b))
+          << to_string(backend) << " x_row_stride " << stride;
+    }
   }
 }
 

@@ -4,11 +4,13 @@
 
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "fusedmoe/device.hpp"
 #include "fusedmoe/fusedmoe.h"
 #include "fusedmoe/presets.hpp"
 #include "test_util.hpp"
@@ -932,6 +934,238 @@ TEST_F(Errors, ZeroTokensStillChecksTheOtherArguments) {
   a.x = make_tensor(x.cref().data, config.dtype, {0, config.hidden + 1});
   a.out = empty_out.ref();
   expect_status(layer.forward(a), StatusCode::invalid_shape, "x");
+}
+
+// ---- the CUDA backend: device memory
+// ----------------------------------------------------------------
+// Only with a GPU: each test starts from device copies of the fixture's x and out (poison and
+// guards included) and a device workspace of exactly workspace_size(kTokens) bytes, all valid,
+// then breaks one thing.
+
+class CudaErrors : public Errors {
+ protected:
+  void SetUp() override {
+    FUSEDMOE_TEST_REQUIRE_BACKEND(Backend::cuda);
+    Errors::SetUp();
+    Result<Layer> layer = test::make_layer(config, weights.view(), Backend::cuda);
+    ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+    cuda_layer.emplace(std::move(layer).value());
+    // x gets 64 spare bytes, for copies of it at an offset
+    ASSERT_NO_FATAL_FAILURE(allocate(device_x, x.size_bytes() + 64));
+    ASSERT_NO_FATAL_FAILURE(allocate(device_out, out.storage().size()));
+    ASSERT_NO_FATAL_FAILURE(allocate(device_workspace, cuda_layer->workspace_size(kTokens)));
+    ASSERT_TRUE(device_x.upload(x.bytes(), x.size_bytes()).ok());
+    ASSERT_TRUE(device_out.upload(out.storage().data(), out.storage().size()).ok());
+    Result<device::Stream> s = device::Stream::create();
+    ASSERT_TRUE(s.ok()) << s.status().to_string();
+    stream = std::move(s).value();
+  }
+
+  static void allocate(device::Buffer& b, std::size_t bytes) {
+    Result<device::Buffer> got = device::Buffer::allocate(bytes);
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    b = std::move(got).value();
+  }
+
+  // forward's arguments over the device copies, all valid.
+  ForwardArgs device_args() const {
+    ForwardArgs a;
+    a.x = make_tensor(static_cast<const void*>(device_x.data()), config.dtype,
+                      {kTokens, config.hidden}, Device::cuda(0));
+    a.out = out.ref_at(device_out.data(), Device::cuda(0));
+    a.workspace = {device_workspace.data(), device_workspace.bytes()};
+    a.stream = stream.handle();
+    return a;
+  }
+
+  // The device's out (guards included) after the stream's work.
+  GuardedOutput downloaded_out() const {
+    GuardedOutput back = out;
+    EXPECT_TRUE(stream.synchronize().ok());
+    EXPECT_TRUE(device_out.download(back.storage().data(), back.storage().size()).ok());
+    return back;
+  }
+
+  // forward(a) on the CUDA layer fails with `code` naming `name`; the device x keeps its bytes
+  // and the device out its poison and guards (and so do the host ones, for a host tensor).
+  void expect_cuda_forward_error(const std::function<void(ForwardArgs&)>& edit, StatusCode code,
+                                 std::string_view name) {
+    ForwardArgs a = device_args();
+    edit(a);
+    expect_status(cuda_layer->forward(a), code, name);
+    const GuardedOutput back = downloaded_out();
+    EXPECT_EQ(test::count_poison(back.cref()), kTokens * config.hidden) << "out was written";
+    EXPECT_TRUE(back.guard_intact());
+    std::vector<std::byte> x_back(x.size_bytes());
+    ASSERT_TRUE(device_x.download(x_back.data(), x_back.size()).ok());
+    EXPECT_TRUE(std::vector<std::byte>(x.bytes(), x.bytes() + x.size_bytes()) == x_back);
+    EXPECT_EQ(test::count_poison(out.cref()), kTokens * config.hidden) << "host out was written";
+    EXPECT_EQ(cuda_layer->take_invalid_id_count(), 0);
+  }
+
+  // forward(a) with a device x holding the fixture's x at an alignment a kernel may not take:
+  // the backend either refuses it as misaligned, leaving out untouched, or computes it right.
+  void expect_misaligned_or_correct(const ForwardArgs& a) {
+    const Status s = cuda_layer->forward(a);
+    const GuardedOutput back = downloaded_out();
+    if (!s.ok()) {
+      expect_status(s, StatusCode::misaligned, "x");
+      EXPECT_EQ(test::count_poison(back.cref()), kTokens * config.hidden);
+      return;
+    }
+    Layer reference = make(Backend::reference);
+    GuardedOutput want(DType::f32, kTokens, config.hidden);
+    ForwardArgs r = valid_args(reference);
+    r.out = want.ref();
+    ASSERT_TRUE(reference.forward(r).ok());
+    EXPECT_TRUE(back.guard_intact());
+    Result<Comparison> cmp = compare(back.cref(), want.cref(), tolerance_for(config.dtype));
+    ASSERT_TRUE(cmp.ok()) << cmp.status().to_string();
+    EXPECT_TRUE(cmp.value().passed) << cmp.value().summary();
+  }
+
+  std::optional<Layer> cuda_layer;
+  device::Buffer device_x, device_out, device_workspace;
+  device::Stream stream;
+};
+
+TEST_F(CudaErrors, BaselineIsAccepted) {
+  const Status s = cuda_layer->forward(device_args());
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  const GuardedOutput back = downloaded_out();
+  EXPECT_EQ(test::count_poison(back.cref()), 0);
+  EXPECT_TRUE(back.guard_intact());
+}
+
+TEST_F(CudaErrors, HostXGivenToCuda) {
+  expect_cuda_forward_error([this](ForwardArgs& a) { a.x = x.cref(); }, StatusCode::device_mismatch,
+                            "x");
+}
+
+TEST_F(CudaErrors, HostOutGivenToCuda) {
+  expect_cuda_forward_error([this](ForwardArgs& a) { a.out = out.ref(); },
+                            StatusCode::device_mismatch, "out");
+}
+
+TEST_F(CudaErrors, HostWorkspaceGivenToCuda) {
+  // a Workspace carries no device: the backend must look at the pointer itself
+  workspace.assign(device_workspace.bytes() + 64, std::byte{0});
+  expect_cuda_forward_error(
+      [this](ForwardArgs& a) {
+        a.workspace = {workspace.data(), device_workspace.bytes()};
+      },
+      StatusCode::device_mismatch, "workspace");
+}
+
+TEST_F(CudaErrors, DeviceTensorsGivenToTheCpuBackends) {
+  for (Backend backend : {Backend::reference, Backend::cpu}) {
+    SCOPED_TRACE(to_string(backend));
+    Layer layer = make(backend);
+    ForwardArgs a = valid_args(layer);
+    a.x = device_args().x;
+    expect_status(layer.forward(a), StatusCode::device_mismatch, "x");
+    a = valid_args(layer);
+    a.out = device_args().out;
+    expect_status(layer.forward(a), StatusCode::device_mismatch, "out");
+    EXPECT_EQ(test::count_poison(out.cref()), kTokens * config.hidden);
+    EXPECT_EQ(test::count_poison(downloaded_out().cref()), kTokens * config.hidden);
+  }
+}
+
+TEST_F(CudaErrors, DeviceXOrOutMisaligned) {
+  // one byte off: not even aligned to the element size
+  expect_cuda_forward_error(
+      [](ForwardArgs& a) { a.x.data = static_cast<const std::byte*>(a.x.data) + 1; },
+      StatusCode::misaligned, "x");
+  expect_cuda_forward_error(
+      [](ForwardArgs& a) { a.out.data = static_cast<std::byte*>(a.out.data) + 1; },
+      StatusCode::misaligned, "out");
+}
+
+TEST_F(CudaErrors, DeviceXAlignedToItsElementOnly) {
+  // x one element past a 16-byte boundary
+  const std::size_t es = dtype_size(config.dtype);
+  ASSERT_TRUE(device_x.upload(x.bytes(), x.size_bytes(), es).ok());
+  ForwardArgs a = device_args();
+  a.x.data = static_cast<const std::byte*>(a.x.data) + es;
+  expect_misaligned_or_correct(a);
+}
+
+TEST_F(CudaErrors, DeviceXRowStrideOdd) {
+  // rows H + 1 elements apart: every other row off a 16-byte boundary
+  const std::size_t es = dtype_size(config.dtype);
+  const std::int64_t stride = config.hidden + 1;
+  ASSERT_LE(static_cast<std::size_t>(kTokens * stride) * es, device_x.bytes());
+  const std::size_t row = static_cast<std::size_t>(config.hidden) * es;
+  for (std::int64_t t = 0; t < kTokens; ++t) {
+    ASSERT_TRUE(device_x
+                    .upload(x.bytes() + static_cast<std::size_t>(t) * row, row,
+                            static_cast<std::size_t>(t * stride) * es)
+                    .ok());
+  }
+  ForwardArgs a = device_args();
+  a.x = make_strided_rows(a.x.data, config.dtype, kTokens, config.hidden, stride, Device::cuda(0));
+  expect_misaligned_or_correct(a);
+}
+
+TEST_F(CudaErrors, F32LayerIsUnsupported) {
+  // test::unsupported_reason() skips f32 cases on CUDA: this is the refusal it stands for
+  LayerConfig c = config;
+  c.dtype = DType::f32;
+  const HostWeights w = HostWeights::random(c, {test::case_seed(), Fill::gaussian, {}});
+  Result<PackedWeights> packed = pack_weights(c, w.view(), Backend::cuda);
+  ASSERT_FALSE(packed.ok());
+  EXPECT_EQ(packed.status().code(), StatusCode::unsupported_config) << packed.status().to_string();
+}
+
+TEST_F(CudaErrors, DeviceWorkspaceTooSmallOrMisaligned) {
+  const std::size_t needed = device_workspace.bytes();
+  ASSERT_GT(needed, 0u);
+  expect_cuda_forward_error([&](ForwardArgs& a) { a.workspace.bytes = needed - 1; },
+                            StatusCode::workspace_too_small, "workspace");
+  device::Buffer roomy;
+  ASSERT_NO_FATAL_FAILURE(allocate(roomy, needed + 64));
+  expect_cuda_forward_error(
+      [&](ForwardArgs& a) {
+        a.workspace = {static_cast<std::byte*>(roomy.data()) + 1, needed};
+      },
+      StatusCode::misaligned, "workspace");
+}
+
+TEST_F(CudaErrors, ZeroTokensIsOkAndWritesNothing) {
+  // real device pointers, zero rows; the guard row after each output must survive
+  GuardedOutput empty_out(config.dtype, 0, config.hidden);
+  GuardedOutput empty_ids(DType::i32, 0, config.top_k);
+  device::Buffer d_out, d_ids;
+  ASSERT_NO_FATAL_FAILURE(allocate(d_out, empty_out.storage().size()));
+  ASSERT_NO_FATAL_FAILURE(allocate(d_ids, empty_ids.storage().size()));
+  ASSERT_TRUE(d_out.upload(empty_out.storage().data(), empty_out.storage().size()).ok());
+  ASSERT_TRUE(d_ids.upload(empty_ids.storage().data(), empty_ids.storage().size()).ok());
+  EXPECT_EQ(cuda_layer->workspace_size(0), 0u);
+  ForwardArgs a;
+  a.x = make_tensor(static_cast<const void*>(device_x.data()), config.dtype, {0, config.hidden},
+                    Device::cuda(0));
+  a.out = empty_out.ref_at(d_out.data(), Device::cuda(0));
+  a.ids_out = empty_ids.ref_at(d_ids.data(), Device::cuda(0));
+  a.stream = stream.handle();
+  const Status s = cuda_layer->forward(a);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  ASSERT_TRUE(stream.synchronize().ok());
+  ASSERT_TRUE(d_out.download(empty_out.storage().data(), empty_out.storage().size()).ok());
+  ASSERT_TRUE(d_ids.download(empty_ids.storage().data(), empty_ids.storage().size()).ok());
+  EXPECT_TRUE(empty_out.guard_intact());
+  EXPECT_TRUE(empty_ids.guard_intact());
+  EXPECT_EQ(cuda_layer->take_invalid_id_count(), 0);
+  // T = 0 is not a way around the device check
+  GuardedOutput host_empty(config.dtype, 0, config.hidden);
+  a.out = host_empty.ref();
+  expect_status(cuda_layer->forward(a), StatusCode::device_mismatch, "out");
+}
+
+TEST_F(CudaErrors, ConvenienceForwardNeedsADeviceWorkspace) {
+  const ForwardArgs a = device_args();
+  expect_status(cuda_layer->forward(a.x, a.out), StatusCode::invalid_argument, "workspace");
+  EXPECT_EQ(test::count_poison(downloaded_out().cref()), kTokens * config.hidden);
 }
 
 // ---- convenience forward

@@ -1,5 +1,7 @@
 // Non-finite values (CONTRACT.md): NaN or Inf in one token's activations never reaches another
 // token's output or routing, and NaN, Inf or huge router logits still give in-range, distinct ids.
+// Checked on the reference and the backend under test (Backend::cpu, or Backend::cuda with
+// FUSEDMOE_TEST_BACKEND=cuda).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -67,7 +69,14 @@ void expect_valid_ids(const RunResult& r, std::int64_t t, const LayerConfig& c) 
   }
 }
 
-class NonFiniteToken : public ::testing::TestWithParam<std::tuple<Kind, DType, bool>> {};
+class NonFiniteToken : public ::testing::TestWithParam<std::tuple<Kind, DType, bool>> {
+ protected:
+  void SetUp() override {
+    FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
+    const auto [kind, dtype, inf] = GetParam();
+    FUSEDMOE_TEST_REQUIRE_SUPPORT(test::backend_under_test(), kind_config(kind, dtype));
+  }
+};
 
 TEST_P(NonFiniteToken, StaysInItsOwnRow) {
   const auto [kind, dtype, inf] = GetParam();
@@ -77,10 +86,10 @@ TEST_P(NonFiniteToken, StaysInItsOwnRow) {
   SCOPED_TRACE(p.describe());
   const float value =
       inf ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
+  for (Backend backend : {Backend::reference, test::backend_under_test()}) {
     SCOPED_TRACE(to_string(backend));
     Result<Layer> layer = test::make_layer(c, p.weights().view(), backend);
-    ASSERT_TRUE(layer.ok());
+    ASSERT_TRUE(layer.ok()) << layer.status().to_string();
     const DType out = backend == Backend::reference ? DType::f32 : dtype;
     Problem q(c, t_count, p.options, p.weights_ptr);
     const RunResult clean = test::run_layer(layer.value(), q, out);
@@ -113,19 +122,23 @@ INSTANTIATE_TEST_SUITE_P(Nan, NonFiniteToken,
                          });
 
 TEST(Nan, NaNPrecomputedWeightStaysInItsToken) {
-  LayerConfig c = test::make_config(96, 40, 8, 2, DType::f32);
-  c.routing.kind = RoutingKind::precomputed;
-  Problem p(c, 40);
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
-    SCOPED_TRACE(to_string(backend));
-    Problem q(c, 40, p.options, p.weights_ptr);
-    const RunResult clean = test::run_backend(q, backend);
-    q.route_weight(11, 1) = std::numeric_limits<float>::quiet_NaN();
-    const RunResult dirty = test::run_backend(q, backend);
-    ASSERT_TRUE(clean.status.ok() && dirty.status.ok());
-    for (std::int64_t t = 0; t < 40; ++t) {
-      if (t != 11) {
-        EXPECT_TRUE(dirty.out.row_bytes(t) == clean.out.row_bytes(t)) << t;
+  FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test());
+  for (DType dt : {DType::f32, DType::bf16}) {
+    LayerConfig c = test::make_config(96, 40, 8, 2, dt);
+    c.routing.kind = RoutingKind::precomputed;
+    Problem p(c, 40);
+    for (Backend backend : {Backend::reference, test::backend_under_test()}) {
+      if (!test::unsupported_reason(backend, c).empty()) continue;
+      SCOPED_TRACE(std::string(to_string(backend)) + " " + std::string(to_string(dt)));
+      Problem q(c, 40, p.options, p.weights_ptr);
+      const RunResult clean = test::run_backend(q, backend);
+      q.route_weight(11, 1) = std::numeric_limits<float>::quiet_NaN();
+      const RunResult dirty = test::run_backend(q, backend);
+      ASSERT_TRUE(clean.status.ok() && dirty.status.ok()) << dirty.status.to_string();
+      for (std::int64_t t = 0; t < 40; ++t) {
+        if (t != 11) {
+          EXPECT_TRUE(dirty.out.row_bytes(t) == clean.out.row_bytes(t)) << t;
+        }
       }
     }
   }
@@ -151,7 +164,10 @@ const char* plant_name(Plant p) {
 
 void PrintTo(Plant p, std::ostream* os) { *os << plant_name(p); }
 
-class BadRouterRow : public ::testing::TestWithParam<std::tuple<Kind, Plant>> {};
+class BadRouterRow : public ::testing::TestWithParam<std::tuple<Kind, Plant>> {
+ protected:
+  void SetUp() override { FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test()); }
+};
 
 TEST_P(BadRouterRow, IdsStayInRangeAndDistinct) {
   const auto [kind, plant] = GetParam();
@@ -170,10 +186,10 @@ TEST_P(BadRouterRow, IdsStayInRangeAndDistinct) {
   }
   if (plant == Plant::huge) {
     // still finite: the fast path must match the reference outright
-    test::expect_matches_reference(p);
+    test::expect_matches_reference(p, test::backend_under_test());
     return;
   }
-  for (Backend backend : {Backend::reference, Backend::cpu}) {
+  for (Backend backend : {Backend::reference, test::backend_under_test()}) {
     SCOPED_TRACE(to_string(backend));
     const RunResult r = test::run_backend(p, backend);
     ASSERT_TRUE(r.status.ok()) << r.status.to_string();

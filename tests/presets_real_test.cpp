@@ -1,9 +1,10 @@
-// Every model preset at its real sizes (CONTRACT.md), Backend::cpu against the fp64 reference in
-// bf16. Slow (the reference is naive loops over gigabytes of weights): labelled "slow", run
-// serially, and left out of the sanitizer run.
+// Every model preset at its real sizes (CONTRACT.md), the backend under test (Backend::cpu, or
+// Backend::cuda with FUSEDMOE_TEST_BACKEND=cuda) against the fp64 reference in bf16. Slow (the
+// reference is naive loops over gigabytes of weights): labelled "slow", run serially, and left
+// out of the sanitizer run.
 //
 // Memory: the caller's weights plus one packed copy at a time (the reference's layer is freed
-// before the CPU one is packed); the experts are reduced with with_experts() when three copies
+// before the tested one is packed); the experts are reduced with with_experts() when three copies
 // would not fit in 60% of MemAvailable, and the test says so.
 #include <gtest/gtest.h>
 
@@ -60,9 +61,13 @@ LayerConfig fitting_config(const Preset& p) {
   return reduced;
 }
 
-class PresetReal : public ::testing::TestWithParam<const Preset*> {};
+class PresetReal : public ::testing::TestWithParam<const Preset*> {
+ protected:
+  void SetUp() override { FUSEDMOE_TEST_REQUIRE_BACKEND(test::backend_under_test()); }
+};
 
-TEST_P(PresetReal, CpuMatchesReferenceAtT1AndT64) {
+TEST_P(PresetReal, MatchesReferenceAtT1AndT64) {
+  const Backend backend = test::backend_under_test();
   const Preset& preset = *GetParam();
   const LayerConfig c = fitting_config(preset);
   const auto t0 = std::chrono::steady_clock::now();
@@ -71,7 +76,7 @@ TEST_P(PresetReal, CpuMatchesReferenceAtT1AndT64) {
   const double t_gen = seconds_since(t0);
   SCOPED_TRACE(p64.describe());
 
-  test::RunResult ref64, ref1, cpu64, cpu1;
+  test::RunResult ref64, ref1, got64, got1;
   auto t1 = std::chrono::steady_clock::now();
   {
     Result<Layer> layer = test::make_layer(c, p64.weights().view(), Backend::reference);
@@ -82,25 +87,26 @@ TEST_P(PresetReal, CpuMatchesReferenceAtT1AndT64) {
   const double t_ref = seconds_since(t1);
   t1 = std::chrono::steady_clock::now();
   {
-    Result<Layer> layer = test::make_layer(c, p64.weights().view(), Backend::cpu);
+    Result<Layer> layer = test::make_layer(c, p64.weights().view(), backend);
     ASSERT_TRUE(layer.ok()) << layer.status().to_string();
-    cpu1 = test::run_layer(layer.value(), p1, c.dtype);
-    cpu64 = test::run_layer(layer.value(), p64, c.dtype);
+    got1 = test::run_layer(layer.value(), p1, c.dtype);
+    got64 = test::run_layer(layer.value(), p64, c.dtype);
   }
-  const double t_cpu = seconds_since(t1);
+  const double t_got = seconds_since(t1);
   {
     SCOPED_TRACE("T=1");
-    test::check_against(p1, ref1, cpu1);
+    test::check_against(p1, ref1, got1);
   }
   {
     SCOPED_TRACE("T=64");
-    test::check_against(p64, ref64, cpu64);
+    test::check_against(p64, ref64, got64);
   }
   // T = 1 is row 0 of the T = 64 batch: batch invariance at real sizes
-  EXPECT_TRUE(cpu1.out.row_bytes(0) == cpu64.out.row_bytes(0));
-  std::printf("[ time ] %s (E=%lld, %.2f GB): weights %.1f s, reference %.1f s, cpu %.1f s\n",
+  EXPECT_TRUE(got1.out.row_bytes(0) == got64.out.row_bytes(0));
+  std::printf("[ time ] %s (E=%lld, %.2f GB): weights %.1f s, reference %.1f s, %s %.1f s\n",
               std::string(preset.name).c_str(), static_cast<long long>(c.experts),
-              static_cast<double>(weight_bytes(c)) / 1e9, t_gen, t_ref, t_cpu);
+              static_cast<double>(weight_bytes(c)) / 1e9, t_gen, t_ref,
+              std::string(to_string(backend)).c_str(), t_got);
 }
 
 std::vector<const Preset*> all_presets() {

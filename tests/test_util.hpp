@@ -2,6 +2,10 @@
 // run it on a backend with poisoned outputs and guard bytes around them, and check it against
 // the reference backend under CONTRACT.md's tolerances, so each test is a few lines.
 //
+// Backends: the suites that compare a backend with the reference run backend_under_test(), the
+// CPU path unless FUSEDMOE_TEST_BACKEND=cuda. A CUDA run copies everything forward() touches to
+// the device (DeviceRun) and back, guards and poison included, so the checks are the same.
+//
 // Seeds: every case draws its data from a seed derived from the running test's name (so cases
 // differ from one another and a failure reproduces) mixed with FUSEDMOE_TEST_SEED when set (so a
 // run can draw fresh data). The seed is printed with every failure through SCOPED_TRACE.
@@ -26,9 +30,11 @@
 #include <utility>
 #include <vector>
 
+#include "core/check.hpp"
 #include "core/half.hpp"
 #include "fusedmoe/compare.hpp"
 #include "fusedmoe/config.hpp"
+#include "fusedmoe/device.hpp"
 #include "fusedmoe/layer.hpp"
 #include "fusedmoe/status.hpp"
 #include "fusedmoe/tensor.hpp"
@@ -70,6 +76,47 @@ inline std::uint64_t case_seed(std::string_view salt = {}) {
   h = fnv1a(salt, h);
   return (h ^ (base_seed() * 0x9e3779b97f4a7c15ull)) & 0xffffffffffffull;  // short to print
 }
+
+// ---- the backend under test -----------------------------------------------------------------
+
+// The backend the comparison suites check against the reference: FUSEDMOE_TEST_BACKEND=cuda
+// selects Backend::cuda; unset or "cpu" selects Backend::cpu (anything else fails the test).
+inline Backend backend_under_test() {
+  const char* env = std::getenv("FUSEDMOE_TEST_BACKEND");
+  const std::string_view name = env != nullptr ? env : "cpu";
+  if (name == "cuda") return Backend::cuda;
+  if (name != "cpu") ADD_FAILURE() << "FUSEDMOE_TEST_BACKEND must be cpu or cuda, got " << name;
+  return Backend::cpu;
+}
+
+// Why a test of `backend` is skipped. CTest's *_cuda entries recognise "backend under test is
+// not available" in the output (SKIP_REGULAR_EXPRESSION), so that text must stay.
+inline std::string unavailable_reason(Backend backend) {
+  return "the " + std::string(to_string(backend)) +
+         " backend under test is not available (a build without it, or no GPU)";
+}
+
+}  // namespace fusedmoe::test
+
+// The first statement of a test (or of its fixture's SetUp) that runs `backend`: skips the test,
+// reported as skipped by CTest, where the backend cannot run.
+#define FUSEDMOE_TEST_REQUIRE_BACKEND(backend)                                  \
+  do {                                                                          \
+    const ::fusedmoe::Backend fusedmoe_required_ = (backend);                   \
+    if (!::fusedmoe::backend_available(fusedmoe_required_)) {                   \
+      GTEST_SKIP() << ::fusedmoe::test::unavailable_reason(fusedmoe_required_); \
+    }                                                                           \
+  } while (0)
+
+// Skips the running test when `backend` refuses this config and options by design
+// (test::unsupported_reason); the CUDA-only checks of that refusal are in errors_test.
+#define FUSEDMOE_TEST_REQUIRE_SUPPORT(backend, ...)                                               \
+  do {                                                                                            \
+    const std::string fusedmoe_why_ = ::fusedmoe::test::unsupported_reason(backend, __VA_ARGS__); \
+    if (!fusedmoe_why_.empty()) GTEST_SKIP() << fusedmoe_why_;                                    \
+  } while (0)
+
+namespace fusedmoe::test {
 
 // ---- configs -------------------------------------------------------------------------------
 
@@ -163,6 +210,13 @@ class GuardedOutput {
   TensorRef ref() {
     return make_strided_rows(static_cast<void*>(storage_.data()), dtype_, rows_, cols_, stride_);
   }
+  // The same view over a copy of storage() that starts at `base` (device memory).
+  TensorRef ref_at(void* base, Device device) const {
+    return make_strided_rows(base, dtype_, rows_, cols_, stride_, device);
+  }
+  // The whole buffer, guards included: what travels to a device and back.
+  std::span<std::byte> storage() { return storage_; }
+  std::span<const std::byte> storage() const { return storage_; }
   ConstTensorRef cref() const {
     return make_strided_rows(static_cast<const void*>(storage_.data()), dtype_, rows_, cols_,
                              stride_);
@@ -237,6 +291,20 @@ inline std::string describe_options(const Options& o) {
   if (o.x_row_stride > 0) s << " x_row_stride=" << o.x_row_stride;
   if (o.out_row_stride > 0) s << " out_row_stride=" << o.out_row_stride;
   return s.str();
+}
+
+// Why `backend` refuses a case by design, or "" when it computes it: the CUDA backend computes
+// in bf16 and f16 only (weights.hpp; unsupported_config otherwise), and reads x rows with 16-byte
+// copies, so a row stride that breaks that alignment is refused as misaligned.
+inline std::string unsupported_reason(Backend backend, const LayerConfig& c,
+                                      const Options& o = {}) {
+  if (backend != Backend::cuda) return {};
+  if (c.dtype == DType::f32) return "the cuda backend computes in bf16 and f16 only";
+  if (o.x_row_stride > 0 && o.x_row_stride * dtype_size(c.dtype) % 16 != 0) {
+    return "the cuda backend needs x rows 16-byte aligned (x_row_stride " +
+           std::to_string(o.x_row_stride) + ")";
+  }
+  return {};
 }
 
 class Problem {
@@ -421,22 +489,146 @@ struct RunResult {
   }
 };
 
-// Runs `layer` on the problem's x (and ids): out of `out_dtype` poisoned and guarded, ids_out
-// and weights_out too, a workspace of exactly workspace_size(T) bytes.
-inline RunResult run_layer(const Layer& layer, const Problem& p, DType out_dtype) {
+// The outputs of one run before it: out of `out_dtype` poisoned and guarded, ids_out poisoned
+// with a value that is no id, weights_out with NaN, both guarded too.
+inline RunResult poisoned_outputs(const Problem& p, DType out_dtype) {
   const std::int64_t t = p.tokens, k = p.config.top_k, h = p.config.hidden;
   RunResult r;
   r.out = GuardedOutput(out_dtype, t, h, p.options.out_row_stride);
   r.ids_out = GuardedOutput(DType::i32, t, k);
   r.weights_out = GuardedOutput(DType::f32, t, k);
-  {
-    // ids_out is poisoned with a value that is no id, and weights_out with NaN.
-    TensorRef ids = r.ids_out.ref();
-    for (std::int64_t i = 0; i < t; ++i) {
-      std::memset(static_cast<std::byte*>(ids.data) + i * k * 4, 0x7b,
-                  static_cast<std::size_t>(k) * 4);
-    }
+  TensorRef ids = r.ids_out.ref();
+  for (std::int64_t i = 0; i < t; ++i) {
+    std::memset(static_cast<std::byte*>(ids.data) + i * k * 4, static_cast<int>(kIdPoisonByte),
+                static_cast<std::size_t>(k) * 4);
   }
+  return r;
+}
+
+// Device copies of one run's buffers for the CUDA backend: x and the precomputed routing as the
+// Problem holds them (whole buffers, so row strides and their NaN padding travel), the whole
+// storage of out, ids_out and weights_out (guards included, so a write outside the elements
+// shows after download()), and a workspace of exactly workspace_size(T) bytes. Allocated once;
+// upload() may be called again with another problem of the same shape, which is how a captured
+// CUDA graph is fed new inputs.
+class DeviceRun {
+ public:
+  static Result<DeviceRun> allocate(const Layer& layer, const Problem& p, const RunResult& r) {
+    DeviceRun d;
+    const auto alloc = [](device::Buffer& b, std::size_t bytes) -> Status {
+      if (bytes == 0) return {};
+      Result<device::Buffer> got = device::Buffer::allocate(bytes);
+      if (!got.ok()) return got.status();
+      b = std::move(got).value();
+      return {};
+    };
+    const bool precomputed = p.config.routing.kind == RoutingKind::precomputed;
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.x_, p.x_buffer.size_bytes()));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.ids_, precomputed ? p.ids.size_bytes() : 0));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.weights_, precomputed ? p.topk_weights.size_bytes() : 0));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.out_, r.out.storage().size()));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.ids_out_, r.ids_out.storage().size()));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.weights_out_, r.weights_out.storage().size()));
+    FUSEDMOE_RETURN_IF_ERROR(alloc(d.workspace_, layer.workspace_size(p.tokens)));
+
+    const Device dev = Device::cuda(0);
+    const std::int64_t t = p.tokens, k = p.config.top_k;
+    ForwardArgs& a = d.args_;
+    a.x = make_strided_rows(static_cast<const void*>(d.x_.data()), p.config.dtype, t,
+                            p.config.hidden, p.x.stride(0), dev);
+    a.out = r.out.ref_at(d.out_.data(), dev);
+    a.ids_out = r.ids_out.ref_at(d.ids_out_.data(), dev);
+    a.weights_out = r.weights_out.ref_at(d.weights_out_.data(), dev);
+    if (precomputed) {
+      a.topk_ids = make_tensor(static_cast<const void*>(d.ids_.data()), DType::i32, {t, k}, dev);
+      a.topk_weights =
+          make_tensor(static_cast<const void*>(d.weights_.data()), DType::f32, {t, k}, dev);
+    }
+    a.workspace = {d.workspace_.data(), d.workspace_.bytes()};
+    return d;
+  }
+
+  // Copies p's inputs and r's outputs (poison and guards) to the device, and fills the
+  // workspace with 0xff. p and r must have the shapes allocate() saw.
+  Status upload(const Problem& p, const RunResult& r) {
+    const auto put = [](device::Buffer& b, const void* host, std::size_t bytes,
+                        const char* what) -> Status {
+      if (bytes != b.bytes()) {
+        return {StatusCode::invalid_argument,
+                std::string("DeviceRun::upload: ") + what + " changed size since allocate()"};
+      }
+      return bytes == 0 ? Status{} : b.upload(host, bytes);
+    };
+    const bool precomputed = p.config.routing.kind == RoutingKind::precomputed;
+    FUSEDMOE_RETURN_IF_ERROR(put(x_, p.x_buffer.cref().data, p.x_buffer.size_bytes(), "x"));
+    if (precomputed) {
+      FUSEDMOE_RETURN_IF_ERROR(put(ids_, p.ids.cref().data, p.ids.size_bytes(), "topk_ids"));
+      FUSEDMOE_RETURN_IF_ERROR(
+          put(weights_, p.topk_weights.cref().data, p.topk_weights.size_bytes(), "topk_weights"));
+    }
+    FUSEDMOE_RETURN_IF_ERROR(put(out_, r.out.storage().data(), r.out.storage().size(), "out"));
+    FUSEDMOE_RETURN_IF_ERROR(
+        put(ids_out_, r.ids_out.storage().data(), r.ids_out.storage().size(), "ids_out"));
+    FUSEDMOE_RETURN_IF_ERROR(put(weights_out_, r.weights_out.storage().data(),
+                                 r.weights_out.storage().size(), "weights_out"));
+    return workspace_.bytes() == 0 ? Status{} : workspace_.fill(0xff);
+  }
+
+  // forward's arguments over the device copies, on `stream` (a cudaStream_t).
+  ForwardArgs args(void* stream) const {
+    ForwardArgs a = args_;
+    a.stream = stream;
+    return a;
+  }
+
+  // Copies the device's out, ids_out and weights_out (guards included) into r.
+  Status download(RunResult& r) const {
+    const auto get = [](const device::Buffer& b, std::span<std::byte> host) -> Status {
+      if (host.size() != b.bytes()) {
+        return {StatusCode::invalid_argument, "DeviceRun::download: an output changed size"};
+      }
+      return host.empty() ? Status{} : b.download(host.data(), host.size());
+    };
+    FUSEDMOE_RETURN_IF_ERROR(get(out_, r.out.storage()));
+    FUSEDMOE_RETURN_IF_ERROR(get(ids_out_, r.ids_out.storage()));
+    return get(weights_out_, r.weights_out.storage());
+  }
+
+ private:
+  device::Buffer x_, ids_, weights_, out_, ids_out_, weights_out_, workspace_;
+  ForwardArgs args_;
+};
+
+// One forward (or `repeats`, on the same buffers) of a CUDA layer on a stream of its own, then
+// the outputs back in r. A failed forward's status wins; the outputs are downloaded either way,
+// so that a test can see they were left untouched.
+inline Status run_on_device(const Layer& layer, const Problem& p, RunResult& r, int repeats) {
+  Result<DeviceRun> run = DeviceRun::allocate(layer, p, r);
+  if (!run.ok()) return run.status();
+  Result<device::Stream> stream = device::Stream::create();
+  if (!stream.ok()) return stream.status();
+  FUSEDMOE_RETURN_IF_ERROR(run->upload(p, r));
+  Status status;
+  for (int i = 0; i < repeats && status.ok(); ++i) {
+    status = layer.forward(run->args(stream->handle()));
+  }
+  FUSEDMOE_RETURN_IF_ERROR(stream->synchronize());
+  FUSEDMOE_RETURN_IF_ERROR(run->download(r));
+  return status;
+}
+
+// Runs `layer` on the problem's x (and ids) into poisoned_outputs(p, out_dtype), with a workspace
+// of exactly workspace_size(T) bytes, on the host or, for a CUDA layer, through DeviceRun.
+// `repeats` > 1 runs forward that many times on the same buffers before the invalid-id count is
+// taken (it accumulates).
+inline RunResult run_layer(const Layer& layer, const Problem& p, DType out_dtype, int repeats = 1) {
+  RunResult r = poisoned_outputs(p, out_dtype);
+  if (layer.backend() == Backend::cuda) {
+    r.status = run_on_device(layer, p, r, repeats);
+    r.invalid_ids = layer.take_invalid_id_count();
+    return r;
+  }
+  const std::int64_t t = p.tokens, k = p.config.top_k;
   std::vector<std::byte> workspace(layer.workspace_size(t));
   ForwardArgs a;
   a.x = p.x;
@@ -448,7 +640,7 @@ inline RunResult run_layer(const Layer& layer, const Problem& p, DType out_dtype
   }
   a.ids_out = r.ids_out.ref();
   a.weights_out = r.weights_out.ref();
-  r.status = layer.forward(a);
+  for (int i = 0; i < repeats && r.status.ok(); ++i) r.status = layer.forward(a);
   r.invalid_ids = layer.take_invalid_id_count();
   return r;
 }

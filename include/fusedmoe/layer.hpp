@@ -26,7 +26,9 @@ struct Workspace {
 };
 
 struct ForwardArgs {
-  ConstTensorRef x;  // [T, H], layer dtype; rows may be strided (stride(1) must be 1)
+  // [T, H], layer dtype; rows may be strided (stride(1) must be 1). CUDA backend: when H is a
+  // multiple of 8, x must start 16-byte aligned with a row stride that is a multiple of 8.
+  ConstTensorRef x;
   TensorRef out;     // [T, H], layer dtype (or f32 on the reference backend); fully written
   Workspace
       workspace;  // workspace_size(T) bytes on the backend's device, kWorkspaceAlignment-aligned

@@ -91,6 +91,9 @@ class PackedWeights {
 
 // Validates `weights` against `config` (shapes, dtypes, devices, presence) and repacks them for
 // `backend`. Expert weights must have the layer dtype; router and gate weights may be f32.
+// The weights are read from host memory for every backend (the CUDA backend packs on the host and
+// copies the result to the current GPU, which forward then runs on); the caller's tensors are not
+// kept. The CUDA backend computes in bf16 or f16 only.
 Result<PackedWeights> pack_weights(const LayerConfig& config, const WeightSet& weights,
                                    Backend backend);
 

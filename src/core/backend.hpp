@@ -21,6 +21,9 @@ struct PackedWeights::Impl {
   Impl(Backend backend, const LayerConfig& config) : backend(backend), config(config) {}
   virtual ~Impl() = default;
   virtual std::size_t bytes() const = 0;
+  // Precomputed ids outside [0, E) seen since the last call; resets the count. A backend that
+  // counts on a device overrides this (and synchronises to read it).
+  virtual std::int64_t take_invalid_ids() const { return invalid_ids.exchange(0); }
 
   Backend backend;
   LayerConfig config;
@@ -35,6 +38,8 @@ class BackendOps {
   virtual ~BackendOps() = default;
   virtual Backend kind() const = 0;
   virtual Device device() const = 0;
+  // Where pack() reads the caller's weights from (the CUDA backend packs on the host, then copies).
+  virtual Device weights_device() const { return device(); }
   // Whether forward may write `out` in f32 whatever the layer dtype (the reference does).
   virtual bool writes_f32_out() const { return false; }
   virtual Result<std::unique_ptr<PackedWeights::Impl>> pack(const LayerConfig& config,

@@ -51,7 +51,7 @@ std::size_t Layer::workspace_size(std::int64_t tokens) const {
 }
 
 std::int64_t Layer::take_invalid_id_count() const {
-  return impl_->weights.impl()->invalid_ids.exchange(0);
+  return impl_->weights.impl()->take_invalid_ids();
 }
 
 namespace {

@@ -18,6 +18,7 @@ enum class Flag : std::uint8_t {
   top_k,
   shared_intermediate,
   shared_gated,
+  no_shared_expert,
   expert_bias,
   routing,
   activation,
@@ -29,6 +30,7 @@ enum class Flag : std::uint8_t {
   reps,
   warmup,
   layout,
+  no_graph,
   reference,
   reference_all,
   json,
@@ -56,6 +58,7 @@ constexpr std::array kFlags = {
     FlagSpec{"--top-k", Flag::top_k, true, kLayerCommands},
     FlagSpec{"--shared-intermediate", Flag::shared_intermediate, true, kLayerCommands},
     FlagSpec{"--shared-gated", Flag::shared_gated, false, kLayerCommands},
+    FlagSpec{"--no-shared-expert", Flag::no_shared_expert, false, kLayerCommands},
     FlagSpec{"--expert-bias", Flag::expert_bias, false, kLayerCommands},
     FlagSpec{"--routing", Flag::routing, true, kLayerCommands},
     FlagSpec{"--activation", Flag::activation, true, kLayerCommands},
@@ -67,6 +70,7 @@ constexpr std::array kFlags = {
     FlagSpec{"--reps", Flag::reps, true, kRun | kBench},
     FlagSpec{"--warmup", Flag::warmup, true, kRun | kBench},
     FlagSpec{"--layout", Flag::layout, true, kLayerCommands},
+    FlagSpec{"--no-graph", Flag::no_graph, false, kRun | kBench},
     FlagSpec{"--reference", Flag::reference, false, kBench},
     FlagSpec{"--reference-all", Flag::reference_all, false, kBench},
     FlagSpec{"--json", Flag::json, true, kRun | kBench},
@@ -199,6 +203,14 @@ std::string parse_int(std::string_view flag, std::string_view text, int lo, int 
   return error;
 }
 
+std::string parse_optional_int(std::string_view flag, std::string_view text, int lo, int hi,
+                               std::optional<int>* out) {
+  int v = 0;
+  std::string error = parse_int(flag, text, lo, hi, &v);
+  if (error.empty()) *out = v;
+  return error;
+}
+
 std::string parse_u64(std::string_view flag, std::string_view text, std::uint64_t* out) {
   std::uint64_t v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -327,6 +339,9 @@ class Parser {
         note_layer_flag(flag);
         layer_.shared_gated = true;
         return {};
+      case Flag::no_shared_expert:
+        options_.no_shared_expert = true;
+        return {};
       case Flag::expert_bias:
         note_layer_flag(flag);
         layer_.expert_bias = true;
@@ -348,11 +363,14 @@ class Parser {
       case Flag::seed:
         return parse_u64(flag, value, &options_.seed);
       case Flag::reps:
-        return parse_int(flag, value, 1, kMaxReps, &options_.reps);
+        return parse_optional_int(flag, value, 1, kMaxReps, &options_.reps);
       case Flag::warmup:
-        return parse_int(flag, value, 0, kMaxWarmup, &options_.warmup);
+        return parse_optional_int(flag, value, 0, kMaxWarmup, &options_.warmup);
       case Flag::layout:
         return parse_choice(flag, value, kLayouts, &options_.layout);
+      case Flag::no_graph:
+        options_.graph = false;
+        return {};
       case Flag::reference:
         options_.reference = true;
         return {};
@@ -464,6 +482,9 @@ class Parser {
     }
     if (f.shared_gated && f.shared_intermediate == 0) {
       return "--shared-gated needs --shared-intermediate N (N > 0)";
+    }
+    if (options_.no_shared_expert && f.shared_intermediate > 0) {
+      return "--no-shared-expert and --shared-intermediate exclude each other" + see();
     }
     LayerConfig c;
     c.hidden = *f.hidden;
@@ -600,6 +621,8 @@ constexpr std::string_view kLayerHelp = R"(Layer (a preset, or explicit sizes):
                            an explicit layer instead of a preset; all four are needed
   --shared-intermediate N  add a shared expert of intermediate size N
   --shared-gated           gate the shared expert by sigmoid(x . g) (Qwen2-MoE)
+  --no-shared-expert       drop the preset's shared expert: routed experts only, as in
+                           PERF.md's grid (qwen2-57b-a14b, deepseek-v3)
   --routing R              softmax | softmax-norm (default) | sigmoid | deepseek (sigmoid,
                            8 groups, 4 kept, correction bias, x2.5) | topk-softmax | precomputed
   --activation A           swiglu (default) | geglu | swiglu-oss (gpt-oss clamped SwiGLU)
@@ -611,7 +634,17 @@ Inputs:
   --seed N                 seed of the random weights, inputs and routing (default 1)
   --skew S                 S > 0: Zipf-skewed precomputed routing with exponent S instead of the
                            layer's router; 0 (default) keeps the router
-  --backend B              best (default: cuda if present, else cpu) | cpu | reference | cuda
+  --backend B              best (default: cuda if present, else cpu) | cpu | reference | cuda;
+                           cuda stages inputs and outputs in GPU memory (packing reads the host
+                           weights)
+)";
+
+// What run and bench share about timing.
+constexpr std::string_view kTimingHelp = R"(Timing:
+  --reps N                 timed repetitions (default 20 on the CPU, 100 on the GPU)
+  --warmup N               untimed repetitions first (default 3 on the CPU, 10 on the GPU)
+  --no-graph               GPU: launch every T on the stream; by default T <= 64 is captured in a
+                           CUDA graph and timed as replays (how decoders run it)
 )";
 
 }  // namespace
@@ -639,12 +672,12 @@ Commands:
       return "usage: fusedmoe run [FLAGS]\n\n"
              "Times one MoE layer forward on random weights and Gaussian inputs, rotating\n"
              "several input batches so the experts hit change from call to call, and compares\n"
-             "the median with the floor (read bandwidth and FMA rate measured in this run).\n\n" +
-             std::string(kLayerHelp) +
+             "the median with the floor (measured in this run: on the CPU read bandwidth and FMA\n"
+             "rate, on the GPU read bandwidth and cuBLAS bf16 rate; GPU times are CUDA "
+             "events).\n\n" +
+             std::string(kLayerHelp) + std::string(kTimingHelp) +
              R"(Run:
   --tokens T               tokens per batch (default 16)
-  --reps N                 timed repetitions (default 20)
-  --warmup N               untimed repetitions first (default 3)
   --json FILE              append the result to FILE as one JSON line
   --quiet                  no progress on stderr
 )";
@@ -663,18 +696,19 @@ Commands:
     case Command::bench:
       return "usage: fusedmoe bench [FLAGS]\n\n"
              "Times every (preset, T, skew) and reports µs, GB/s, GFLOP/s and % of the floor.\n"
-             "Read bandwidth and FMA rate are measured once at the start.\n\n" +
-             std::string(kLayerHelp) +
+             "The ceilings are measured once at the start: read bandwidth and FMA rate on the\n"
+             "CPU, read bandwidth and cuBLAS bf16 rate on the GPU. Small layers are packed\n"
+             "several times and cycled so the weights are not cache-resident.\n\n" +
+             std::string(kLayerHelp) + std::string(kTimingHelp) +
              R"(Bench:
   --preset NAME,...|all    presets (default qwen3-30b-a3b)
   --tokens T,...           token counts (default 1,16,64,256,1024,4096)
   --skew S,...             skews (default 0)
-  --reps N                 timed repetitions (default 20)
-  --warmup N               untimed repetitions first (default 3)
   --reference              also time the reference backend on the same inputs (at most 3
                            repetitions, and only for T <= 256)
   --reference-all          ... at every T
-  --json FILE              append one JSON line per result to FILE
+  --json FILE              append one JSON line per result to FILE: preset, tokens, skew, impl,
+                           us_median, floor_us, bound, gpu, commit first, then the details
   --quiet                  no progress bar on stderr
 )";
     case Command::presets:

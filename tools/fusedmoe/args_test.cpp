@@ -39,8 +39,11 @@ TEST(Args, NoArgumentsIsRunWithDefaults) {
   EXPECT_EQ(o.skews, std::vector<double>{0.0});
   EXPECT_EQ(o.backend, BackendChoice::best);
   EXPECT_EQ(o.dtype, DType::bf16);
-  EXPECT_EQ(o.reps, 20);
-  EXPECT_EQ(o.warmup, 3);
+  // Repetitions are left to the backend (kDefaultReps on the CPU, kDefaultGpuReps on the GPU).
+  EXPECT_FALSE(o.reps.has_value());
+  EXPECT_FALSE(o.warmup.has_value());
+  EXPECT_TRUE(o.graph);
+  EXPECT_FALSE(o.no_shared_expert);
   EXPECT_EQ(o.layout, WeightLayout::gate_up_rows);
 }
 
@@ -62,6 +65,41 @@ TEST(Args, RunFlagsInBothForms) {
   EXPECT_EQ(o.skews, std::vector<double>{1.2});
   EXPECT_EQ(o.json_path, "out.jsonl");
   EXPECT_TRUE(o.quiet);
+}
+
+TEST(Args, GpuTimingFlags) {
+  const Options o = parse_ok({"bench", "--backend", "cuda", "--no-graph", "--reps", "200"});
+  EXPECT_EQ(o.backend, BackendChoice::cuda);
+  EXPECT_FALSE(o.graph);
+  EXPECT_EQ(o.reps, 200);
+  EXPECT_FALSE(o.warmup.has_value());
+  EXPECT_FALSE(parse_ok({"run", "--no-graph"}).graph);
+  EXPECT_EQ(parse_error({"verify", "--no-graph"}),
+            "unknown flag '--no-graph' (see fusedmoe verify --help)");
+  EXPECT_NE(parse_error({"bench", "--no-graph=1"}).find("takes no value"), std::string::npos);
+  EXPECT_NE(help_text(Command::bench).find("--no-graph"), std::string::npos);
+  EXPECT_NE(help_text(Command::run).find("--no-graph"), std::string::npos);
+}
+
+TEST(Args, NoSharedExpert) {
+  // PERF.md's grid: qwen2-57b-a14b and deepseek-v3 with their routed experts only.
+  const Options o =
+      parse_ok({"bench", "--preset", "qwen2-57b-a14b,deepseek-v3", "--no-shared-expert"});
+  EXPECT_TRUE(o.no_shared_expert);
+  EXPECT_EQ(o.presets, (std::vector<std::string>{"qwen2-57b-a14b", "deepseek-v3"}));
+  EXPECT_TRUE(parse_ok({"verify", "--no-shared-expert"}).no_shared_expert);
+  EXPECT_TRUE(parse_ok({"run", "--no-shared-expert"}).no_shared_expert);
+  // An explicit layer without a shared expert accepts it; one with a shared expert contradicts it.
+  EXPECT_TRUE(parse_ok({"run", "--hidden", "64", "--intermediate", "64", "--experts", "8",
+                        "--top-k", "2", "--no-shared-expert"})
+                  .no_shared_expert);
+  EXPECT_NE(parse_error({"run", "--hidden", "64", "--intermediate", "64", "--experts", "8",
+                         "--top-k", "2", "--shared-intermediate", "32", "--no-shared-expert"})
+                .find("exclude each other"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--no-shared-expert=yes"}).find("takes no value"),
+            std::string::npos);
+  EXPECT_NE(help_text(Command::verify).find("--no-shared-expert"), std::string::npos);
 }
 
 TEST(Args, FlagsWithoutCommandAreRunFlags) {
@@ -267,6 +305,10 @@ TEST(Args, RandomArgumentsAreHandled) {
                                            "--seed",
                                            "18446744073709551616",
                                            "--reps",
+                                           "--no-graph",
+                                           "--no-shared-expert",
+                                           "--backend",
+                                           "cuda",
                                            "--help"};
   std::mt19937 rng(12345);
   for (int iter = 0; iter < 5000; ++iter) {

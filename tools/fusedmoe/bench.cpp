@@ -32,21 +32,34 @@ bool reference_runs(const Options& o, std::int64_t tokens) {
   return o.reference && (o.reference_all || tokens <= kReferenceMaxTokens);
 }
 
-void print_header() {
-  std::printf("%-20s %5s %5s %-19s %12s %12s %9s %9s %7s %-8s %s\n", "preset", "T", "skew", "impl",
-              "experts", "us_median", "GB/s", "GFLOP/s", "%floor", "bound", "speedup");
+TimingPlan reference_plan(const Options& o, const Target& target, std::int64_t tokens) {
+  TimingPlan p = timing_plan(o, target, tokens);
+  p.warmup = std::min(p.warmup, 1);
+  p.reps = std::min(p.reps, kReferenceMaxReps);
+  return p;
 }
 
-void print_row(const ResultRow& r, std::optional<double> speedup) {
+void print_header() {
+  std::printf("%-20s %5s %5s %-19s %12s %12s %9s %9s %7s %-8s %-6s %s\n", "preset", "T", "skew",
+              "impl", "experts", "us_median", "GB/s", "GFLOP/s", "%floor", "bound", "timing",
+              "speedup");
+}
+
+// `speedup`: how many times slower the reference ran than `backend`.
+void print_row(const ResultRow& r, Backend backend, std::optional<double> speedup) {
   char experts[32];
   std::snprintf(experts, sizeof(experts), "%.1f/%lld", r.m.experts_hit,
                 static_cast<long long>(r.config.experts));
   char speed[32] = "";
-  if (speedup) std::snprintf(speed, sizeof(speed), "cpu x%.1f", *speedup);
-  std::printf("%-20s %5lld %5g %-19s %12s %12.1f %9.1f %9.1f %7.1f %-8s %s\n", r.preset.c_str(),
-              static_cast<long long>(r.tokens), r.skew, impl_name(r.backend).c_str(), experts,
-              r.m.time.median_us, r.m.gbps(), r.m.gflops(), r.m.pct_of_floor(),
-              std::string(r.m.floor.bound()).c_str(), speed);
+  if (speedup) {
+    std::snprintf(speed, sizeof(speed), "%s x%.1f", std::string(to_string(backend)).c_str(),
+                  *speedup);
+  }
+  const char* timing = r.m.graph ? "graph" : r.m.cuda_events ? "stream" : "wall";
+  std::printf("%-20s %5lld %5g %-19s %12s %12.1f %9.1f %9.1f %7.1f %-8s %-6s %s\n",
+              r.preset.c_str(), static_cast<long long>(r.tokens), r.skew,
+              impl_name(r.backend).c_str(), experts, r.m.time.median_us, r.m.gbps(), r.m.gflops(),
+              r.m.pct_of_floor(), std::string(r.m.floor.bound()).c_str(), timing, speed);
   std::fflush(stdout);
 }
 
@@ -54,27 +67,46 @@ void print_row(const ResultRow& r, std::optional<double> speedup) {
 
 int bench_command(const Options& o, const std::string& command_line) {
   const Backend backend = resolve_backend(o.backend);
-  if (const Status s = check_backend(backend); !s.ok()) {
-    std::fprintf(stderr, "fusedmoe: %s\n", s.to_string().c_str());
-    return kExitFailure;
-  }
   const std::vector<LayerCase> layers = selected_layers(o);
   const bench::MachineInfo machine = bench::machine_info();
   std::vector<double> own_router, zipf;
   for (double s : o.skews) (s > 0 ? zipf : own_router).push_back(s);
 
-  if (!o.quiet) std::fprintf(stderr, "measuring read bandwidth and FMA rate...\n");
-  const bench::Ceilings ceilings = bench::measure_ceilings();
-  std::printf("fusedmoe bench: %s on %s, %s", std::string(to_string(backend)).c_str(),
-              machine.device().c_str(), machine.simd.c_str());
-  if (machine.openmp_threads > 0) std::printf(", %d OpenMP threads", machine.openmp_threads);
-  std::printf("\nceilings: %s\n", describe_ceilings(ceilings).c_str());
+  // measure_target checks the backend first. The reference runs on the CPU: next to a GPU backend
+  // its floor needs the CPU's own ceilings.
+  const Result<Target> measured = measure_target(backend, machine, o.quiet);
+  const Result<Target> measured_ref = measured.ok() && o.reference && measured->gpu
+                                          ? measure_target(Backend::reference, machine, o.quiet)
+                                          : measured;
+  if (!measured.ok() || !measured_ref.ok()) {
+    const Status& s = measured.ok() ? measured_ref.status() : measured.status();
+    std::fprintf(stderr, "fusedmoe: %s\n", s.to_string().c_str());
+    return kExitFailure;
+  }
+  const Target& target = measured.value();
+  const Target& ref_target = measured_ref.value();
+
+  std::printf("fusedmoe bench: %s on %s, %s\nceilings: %s\n",
+              std::string(to_string(backend)).c_str(), target.device.c_str(),
+              target.details.c_str(), target.ceilings.c_str());
+  if (ref_target.gpu != target.gpu) {
+    std::printf("reference on %s: %s\n", ref_target.device.c_str(), ref_target.ceilings.c_str());
+  }
   if (const std::string busy = machine.busy_warning(); !busy.empty()) {
     std::printf("warning: %s\n", busy.c_str());
   }
-  std::printf("%s, layout %s, seed %llu, %d reps after %d warm-up (reference: at most %d)\n",
+  const TimingPlan plan = timing_plan(o, target, 1);  // repetitions do not depend on T
+  std::printf("%s, layout %s, seed %llu, %d reps after %d warm-up (reference: at most %d)",
               std::string(to_string(o.dtype)).c_str(), std::string(to_string(o.layout)).c_str(),
-              static_cast<unsigned long long>(o.seed), o.reps, o.warmup, kReferenceMaxReps);
+              static_cast<unsigned long long>(o.seed), plan.reps, plan.warmup, kReferenceMaxReps);
+  if (target.gpu) {
+    std::printf("; CUDA events, %s",
+                o.graph ? "T <= 64 timed as CUDA graph replays (timing \"graph\"), larger T as "
+                          "stream launches (\"stream\")"
+                        : "every T as stream launches (--no-graph)");
+  }
+  std::printf("\n");
+  if (o.no_shared_expert) std::printf("routed experts only: shared experts dropped\n");
 
   // Every step up front, so the progress bar knows the total and a fair ETA. Each layer variant
   // (its own router, or precomputed Zipf routing) starts with a step that builds its weights.
@@ -84,18 +116,20 @@ int bench_command(const Options& o, const std::string& command_line) {
       const std::vector<double>& skews = is_zipf ? zipf : own_router;
       if (skews.empty()) continue;
       const LayerConfig c = with_skew(layers[l].config, skews.front());
-      const int copies = weight_copies(c, machine.llc_bytes);
+      const int copies = target.weight_copies(c);
       steps.push_back({StepKind::build, l, is_zipf, 0, skews.front(),
                        estimate_random_weights_us(c) + estimate_pack_us(c, copies + 1)});
       for (std::int64_t t : o.tokens) {
-        const int calls = o.warmup + o.reps + rotation_batches(c, t);
-        const int ref_calls = std::min(o.warmup, 1) + std::min(o.reps, kReferenceMaxReps);
+        const TimingPlan plan = timing_plan(o, target, t);
+        const TimingPlan ref_plan = reference_plan(o, ref_target, t);
+        const int calls = plan.warmup + plan.reps + rotation_batches(c, t);
+        const int ref_calls = ref_plan.warmup + ref_plan.reps;
         for (double s : skews) {
           steps.push_back({StepKind::backend, l, is_zipf, t, s,
-                           estimate_calls_us(c, t, calls, backend, ceilings)});
+                           estimate_calls_us(c, t, calls, backend, target)});
           if (reference_runs(o, t)) {
             steps.push_back({StepKind::reference, l, is_zipf, t, s,
-                             estimate_calls_us(c, t, ref_calls, Backend::reference, ceilings)});
+                             estimate_calls_us(c, t, ref_calls, Backend::reference, ref_target)});
           }
         }
       }
@@ -127,9 +161,12 @@ int bench_command(const Options& o, const std::string& command_line) {
     };
 
     progress.start("building weights for " + layer.name);
-    // Host weights, the backend's packed copy and the reference's exist at once while packing.
-    const MemoryFit fit =
-        fit_in_memory(layer.name, with_skew(layer.config, build.skew), with_reference ? 3 : 2);
+    // Host weights, the backend's packed copy and the reference's exist at once while packing
+    // (on the GPU: the backend's packed copies).
+    const LayerConfig wanted = with_skew(layer.config, build.skew);
+    const int wanted_copies = target.weight_copies(wanted);
+    const MemoryFit fit = fit_in_memory(layer.name, wanted, with_reference ? 3 : 2,
+                                        target.gpu ? wanted_copies : 0, target.memory_bytes);
     if (!fit.fits) {
       skip_group(fit.note);
       continue;
@@ -145,7 +182,7 @@ int bench_command(const Options& o, const std::string& command_line) {
       const HostWeights host =
           HostWeights::random(c, {.seed = o.seed, .fill = Fill::gaussian, .layout = o.layout});
       // A reduced layer is large by definition: no extra copies on top of it.
-      const int copies = fit.reduced ? 1 : weight_copies(c, machine.llc_bytes);
+      const int copies = fit.reduced ? 1 : wanted_copies;
       Result<LayerRunner> r = LayerRunner::create(c, host, backend, copies);
       if (!r.ok()) {
         status = r.status();
@@ -170,7 +207,7 @@ int bench_command(const Options& o, const std::string& command_line) {
     progress.finish_step();
     ++i;
 
-    std::optional<Workload> work;
+    std::optional<Result<Workload>> work;
     std::optional<ResultRow> last;  // the backend's row the reference row is compared with
     for (; i < end; ++i) {
       const Step& step = steps[i];
@@ -178,18 +215,23 @@ int bench_command(const Options& o, const std::string& command_line) {
       progress.start(layer.name + " T=" + std::to_string(step.tokens) +
                      (is_reference ? " reference" : ""));
       if (!is_reference) {
-        work = make_workload(c, step.tokens, rotation_batches(c, step.tokens), step.skew, o.seed);
+        work = make_workload(c, step.tokens, rotation_batches(c, step.tokens), step.skew, o.seed,
+                             main_runner->on_gpu());
       }
       LayerRunner& runner = is_reference ? *ref_runner : *main_runner;
+      const Target& runs_on = is_reference ? ref_target : target;
       Result<Measurement> m = Status{};
-      if (is_reference) {
+      if (!work->ok()) {
+        m = work->status();
+      } else if (is_reference) {
         // Same inputs, same routing: the backend's experts hit stands for both.
         const double hit = last ? last->m.experts_hit : 0;
-        m = measure(runner, *work, c, hit, std::min(o.warmup, 1),
-                    std::min(o.reps, kReferenceMaxReps), ceilings);
+        m = measure(runner, work->value(), c, hit, reference_plan(o, runs_on, step.tokens),
+                    runs_on);
       } else {
-        Result<double> hit = mean_experts_hit(runner, *work, c);
-        m = hit.ok() ? measure(runner, *work, c, hit.value(), o.warmup, o.reps, ceilings)
+        Result<double> hit = mean_experts_hit(runner, work->value(), c);
+        m = hit.ok() ? measure(runner, work->value(), c, hit.value(),
+                               timing_plan(o, runs_on, step.tokens), runs_on)
                      : Result<Measurement>(hit.status());
       }
       progress.finish_step();
@@ -204,9 +246,9 @@ int bench_command(const Options& o, const std::string& command_line) {
       const ResultRow row{layer.name, c, step.tokens, step.skew, runner.backend(), m.value()};
       std::optional<double> speedup;
       if (is_reference && last) speedup = row.m.time.median_us / last->m.time.median_us;
-      print_row(row, speedup);
+      print_row(row, backend, speedup);
       if (!o.json_path.empty()) {
-        bench::JsonObject j = result_json(row, machine, ceilings, command_line);
+        bench::JsonObject j = result_json(row, machine, runs_on, command_line);
         if (speedup) j.add("speedup_of_" + std::string(to_string(backend)), *speedup);
         std::string error;
         if (!bench::append_json_line(o.json_path, j, &error)) {

@@ -25,6 +25,8 @@ std::uint64_t batch_seed(std::uint64_t seed, std::int64_t tokens, int batch) {
 }
 
 constexpr double kMemoryShare = 0.6;  // of MemAvailable, for weights and their packed copies
+// Of the GPU's memory, for packed copies: the rest holds inputs, output, workspace, the runtime.
+constexpr double kDeviceMemoryShare = 0.85;
 
 }  // namespace
 
@@ -41,6 +43,7 @@ std::vector<LayerCase> selected_layers(const Options& o) {
     if (p == nullptr) continue;  // the parser has checked every name
     LayerConfig c = p->config;
     c.dtype = o.dtype;
+    if (o.no_shared_expert) c.shared = {};
     layers.push_back({name, c});
   }
   return layers;
@@ -66,13 +69,6 @@ Backend resolve_backend(BackendChoice choice) {
       return Backend::cuda;
   }
   return best_backend();
-}
-
-Status check_backend(Backend backend) {
-  if (backend_available(backend)) return {};
-  return Status{StatusCode::unsupported_arch,
-                "backend " + std::string(to_string(backend)) +
-                    " is not available in this build or on this machine"};
 }
 
 std::string impl_name(Backend backend) { return "fusedmoe-" + std::string(to_string(backend)); }
@@ -136,30 +132,46 @@ std::string format_bytes(double bytes) {
   return buf;
 }
 
-MemoryFit fit_in_memory(std::string_view name, const LayerConfig& config, int copies) {
+MemoryFit fit_in_memory(std::string_view name, const LayerConfig& config, int host_copies,
+                        int device_copies, std::int64_t device_bytes) {
   MemoryFit fit;
   fit.config = config;
   const std::int64_t available = bench::mem_available_bytes();
-  if (available <= 0) return fit;  // nothing to go by: try the real layer
-  const double budget = kMemoryShare * static_cast<double>(available);
-  const auto needed = [&](const LayerConfig& c) {
+  // Without a figure to go by (no MemAvailable, no GPU) a memory is not checked.
+  const double host_budget = available > 0 ? kMemoryShare * static_cast<double>(available) : -1.0;
+  const double device_budget = device_copies > 0 && device_bytes > 0
+                                   ? kDeviceMemoryShare * static_cast<double>(device_bytes)
+                                   : -1.0;
+  const auto needed = [](const LayerConfig& c, int copies) {
     return static_cast<double>(copies) * static_cast<double>(weight_bytes(c));
   };
-  if (needed(config) <= budget) return fit;
+  const auto fits = [&](const LayerConfig& c) {
+    return (host_budget < 0 || needed(c, host_copies) <= host_budget) &&
+           (device_budget < 0 || needed(c, device_copies) <= device_budget);
+  };
+  if (fits(config)) return fit;
 
   // with_experts rounds up to what the routing needs, so walk down and take the first that fits.
   std::optional<LayerConfig> best;
   for (std::int64_t e = config.experts - 1; e >= 1; --e) {
     const LayerConfig c = with_experts(config, e);
-    if (c.experts < config.experts && needed(c) <= budget) {
+    if (c.experts < config.experts && fits(c)) {
       best = c;
       break;
     }
   }
-  const std::string need = std::string(name) + ": " + std::to_string(config.experts) +
-                           " experts need " + format_bytes(needed(config)) + " here (" +
-                           std::to_string(copies) + " copies of the weights; budget " +
-                           format_bytes(budget) + ", 60% of MemAvailable)";
+  std::string need = std::string(name) + ": " + std::to_string(config.experts) + " experts need ";
+  if (host_budget >= 0) {
+    need += format_bytes(needed(config, host_copies)) + " here (" + std::to_string(host_copies) +
+            " copies of the weights; budget " + format_bytes(host_budget) +
+            ", 60% of MemAvailable)";
+  }
+  if (device_budget >= 0) {
+    need += std::string(host_budget >= 0 ? " and " : "") +
+            format_bytes(needed(config, device_copies)) + " on the GPU (" +
+            std::to_string(device_copies) + " packed copies; budget " +
+            format_bytes(device_budget) + ", 85% of its memory)";
+  }
   if (!best) {
     fit.fits = false;
     fit.note = need + "; even the smallest layer does not fit: skipped";
@@ -185,8 +197,8 @@ int rotation_batches(const LayerConfig& config, std::int64_t tokens) {
   return static_cast<int>(std::clamp(fit, 2.0, static_cast<double>(kMaxBatches)));
 }
 
-Workload make_workload(const LayerConfig& c, std::int64_t tokens, int batches, double skew,
-                       std::uint64_t seed) {
+Result<Workload> make_workload(const LayerConfig& c, std::int64_t tokens, int batches, double skew,
+                               std::uint64_t seed, bool on_device) {
   Workload w;
   w.tokens = tokens;
   w.skew = skew;
@@ -203,22 +215,20 @@ Workload make_workload(const LayerConfig& c, std::int64_t tokens, int batches, d
       w.weights.push_back(std::move(weights));
     }
   }
+  if (!on_device) return w;
+  // Every batch goes up once, here, so that no copy is timed.
+  const auto stage = [](const std::vector<HostTensor>& host, std::vector<DeviceTensor>& device) {
+    for (const HostTensor& t : host) {
+      Result<DeviceTensor> d = DeviceTensor::upload(t);
+      if (!d.ok()) return d.status();
+      device.push_back(std::move(d).value());
+    }
+    return Status{};
+  };
+  if (Status s = stage(w.x, w.device_x); !s.ok()) return s;
+  if (Status s = stage(w.ids, w.device_ids); !s.ok()) return s;
+  if (Status s = stage(w.weights, w.device_weights); !s.ok()) return s;
   return w;
-}
-
-int weight_copies(const LayerConfig& config, std::int64_t llc_bytes) {
-  constexpr int kMaxCopies = 64;
-  constexpr double kMaxCopyBytes = 1024.0 * (1 << 20);
-  // The least one call reads (T = 1: k experts and the shared expert). Calls cycle through the
-  // copies, so a copy comes back only after `copies` calls have streamed this much each.
-  const double per_call =
-      bench::layer_work(config, 1, static_cast<double>(std::min(config.top_k, config.experts)))
-          .bytes;
-  const double target = 2.0 * static_cast<double>(std::max<std::int64_t>(llc_bytes, 32 << 20));
-  double copies = std::clamp(std::ceil(target / std::max(per_call, 1.0)), 1.0, double{kMaxCopies});
-  const double layer = static_cast<double>(std::max<std::int64_t>(weight_bytes(config), 1));
-  copies = std::min(copies, std::max(1.0, std::floor(kMaxCopyBytes / layer)));
-  return static_cast<int>(copies);
 }
 
 void LayerRunner::AlignedDelete::operator()(std::byte* p) const {
@@ -240,33 +250,97 @@ Result<LayerRunner> LayerRunner::create(const LayerConfig& config, const HostWei
     if (!layer.ok()) return layer.status();
     r.layers_.push_back(std::move(layer).value());
   }
+  if (r.on_gpu()) {
+    Result<device::Stream> stream = device::Stream::create();
+    if (!stream.ok()) return stream.status();
+    r.stream_ = std::move(stream).value();
+  }
   return r;
 }
 
-Status LayerRunner::forward(const Workload& work, int rep, TensorRef ids_out,
-                            TensorRef weights_out) {
-  const Layer& layer = layers_[static_cast<std::size_t>(rep) % layers_.size()];
-  const std::size_t batch = static_cast<std::size_t>(rep) % work.x.size();
+Status LayerRunner::prepare(const Workload& work) {
+  const Layer& layer = layers_.front();
+  const std::size_t need = layer.workspace_size(work.tokens);
   if (out_tokens_ != work.tokens) {
     out_ = HostTensor(out_dtype_, {work.tokens, layer.config().hidden});
+    if (on_gpu()) {
+      device_out_.reset();  // freed before its successor is allocated
+      Result<DeviceTensor> out =
+          DeviceTensor::allocate(out_dtype_, work.tokens, layer.config().hidden);
+      if (!out.ok()) return out.status();
+      device_out_.emplace(std::move(out).value());
+    }
     out_tokens_ = work.tokens;
   }
-  const std::size_t need = layer.workspace_size(work.tokens);
   if (need > workspace_bytes_) {
-    workspace_.reset(new (std::align_val_t{64}) std::byte[need]);
+    if (on_gpu()) {
+      device_workspace_ = device::Buffer();
+      Result<device::Buffer> ws = device::Buffer::allocate(need);
+      if (!ws.ok()) return ws.status();
+      device_workspace_ = std::move(ws).value();
+    } else {
+      workspace_.reset(new (std::align_val_t{64}) std::byte[need]);
+    }
     workspace_bytes_ = need;
   }
+  return {};
+}
+
+Status LayerRunner::call(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out) {
+  if (Status s = prepare(work); !s.ok()) return s;
+  const Layer& layer = layers_[static_cast<std::size_t>(rep) % layers_.size()];
+  const std::size_t batch = static_cast<std::size_t>(rep) % work.x.size();
   ForwardArgs args;
-  args.x = work.x[batch].cref();
-  args.out = out_.ref();
-  args.workspace = {workspace_.get(), workspace_bytes_};
-  if (!work.ids.empty()) {
-    args.topk_ids = work.ids[batch].cref();
-    args.topk_weights = work.weights[batch].cref();
-  }
   args.ids_out = ids_out;
   args.weights_out = weights_out;
+  if (!on_gpu()) {
+    args.x = work.x[batch].cref();
+    args.out = out_.ref();
+    args.workspace = {workspace_.get(), workspace_bytes_};
+    if (!work.ids.empty()) {
+      args.topk_ids = work.ids[batch].cref();
+      args.topk_weights = work.weights[batch].cref();
+    }
+    return layer.forward(args);
+  }
+  if (work.device_x.size() != work.x.size() || work.device_ids.size() != work.ids.size()) {
+    return {StatusCode::invalid_argument,
+            "internal error: the workload is not staged in GPU memory (make_workload on_device)"};
+  }
+  args.x = work.device_x[batch].cref();
+  args.out = device_out_->ref();
+  args.workspace = {device_workspace_.data(), workspace_bytes_};
+  if (!work.device_ids.empty()) {
+    args.topk_ids = work.device_ids[batch].cref();
+    args.topk_weights = work.device_weights[batch].cref();
+  }
+  args.stream = stream_.handle();
   return layer.forward(args);
+}
+
+Status LayerRunner::enqueue(const Workload& work, int rep) { return call(work, rep, {}, {}); }
+
+Status LayerRunner::forward(const Workload& work, int rep, TensorRef ids_out,
+                            TensorRef weights_out) {
+  if (!on_gpu()) return call(work, rep, ids_out, weights_out);
+  // The routing outputs go to device buffers of the same shape and come back with the output.
+  const auto like = [](TensorRef host, std::optional<DeviceTensor>& device) {
+    if (!host.present()) return Status{};
+    Result<DeviceTensor> d = DeviceTensor::allocate(host.dtype, host.size(0), host.size(1));
+    if (!d.ok()) return d.status();
+    device.emplace(std::move(d).value());
+    return Status{};
+  };
+  std::optional<DeviceTensor> device_ids, device_weights;
+  if (Status s = like(ids_out, device_ids); !s.ok()) return s;
+  if (Status s = like(weights_out, device_weights); !s.ok()) return s;
+  Status s = call(work, rep, device_ids ? device_ids->ref() : TensorRef{},
+                  device_weights ? device_weights->ref() : TensorRef{});
+  if (s.ok()) s = stream_.synchronize();
+  if (s.ok()) s = device_out_->download(out_.ref());
+  if (s.ok() && device_ids) s = device_ids->download(ids_out);
+  if (s.ok() && device_weights) s = device_weights->download(weights_out);
+  return s;
 }
 
 double estimate_random_weights_us(const LayerConfig& config) {
@@ -278,13 +352,11 @@ double estimate_pack_us(const LayerConfig& config, int copies) {
 }
 
 double estimate_calls_us(const LayerConfig& config, std::int64_t tokens, int calls, Backend backend,
-                         const bench::Ceilings& ceilings) {
+                         const Target& target) {
   const bench::LayerWork w =
       bench::layer_work(config, tokens, bench::expected_experts_hit(config, tokens));
-  double per_call = 2.0 * bench::floor_of(w, ceilings.read.gbps, ceilings.compute.gflops).us + 30;
-  if (backend == Backend::reference) {
-    per_call = w.flops / (1.2e3 * std::max(ceilings.compute.threads, 1));
-  }
+  double per_call = 2.0 * target.floor(w).us + 30;
+  if (backend == Backend::reference) per_call = w.flops / (1.2e3 * target.cpu_threads);
   return per_call * calls;
 }
 
@@ -303,39 +375,106 @@ Result<double> mean_experts_hit(LayerRunner& runner, const Workload& work, const
   return total / std::max(work.batches(), 1);
 }
 
-Result<Measurement> measure(LayerRunner& runner, const Workload& work, const LayerConfig& config,
-                            double experts_hit, int warmup, int reps,
-                            const bench::Ceilings& ceilings) {
+namespace {
+
+Result<bench::TimingStats> time_on_cpu(LayerRunner& runner, const Workload& work,
+                                       const TimingPlan& plan) {
   Status error;
-  const auto stats = bench::time_reps(warmup, reps, [&](int rep) {
-    error = runner.forward(work, rep);
+  const auto stats = bench::time_reps(plan.warmup, plan.reps, [&](int rep) {
+    error = runner.enqueue(work, rep);
     return error.ok();
   });
   if (!stats) return error;
+  return *stats;
+}
+
+Result<bench::TimingStats> time_on_gpu(LayerRunner& runner, const Workload& work,
+                                       const TimingPlan& plan) {
+  if (Status s = runner.prepare(work); !s.ok()) return s;
+  const device::Stream& stream = runner.stream();
+  Result<std::vector<double>> samples = Status{};
+  if (!plan.graph) {
+    samples = device::time_us(stream, plan.warmup, plan.reps,
+                              [&](int rep) { return runner.enqueue(work, rep); });
+  } else {
+    // Graph g holds the call of repetition g, and repetition r replays graph r % count: count is
+    // a multiple of the weight copies, so the weights rotate exactly as without graphs, and
+    // covers every input batch.
+    const int copies = runner.copies();
+    const int count = copies * ((work.batches() + copies - 1) / copies);
+    std::vector<device::Graph> graphs;
+    for (int g = 0; g < count; ++g) {
+      Result<device::Graph> graph =
+          device::Graph::capture(stream, [&] { return runner.enqueue(work, g); });
+      if (!graph.ok()) {
+        return Status{graph.status().code(),
+                      "capturing forward in a CUDA graph: " + graph.status().message() +
+                          " (--no-graph times plain launches)"};
+      }
+      graphs.push_back(std::move(graph).value());
+    }
+    samples = device::time_us(stream, plan.warmup, plan.reps, [&](int rep) {
+      return graphs[static_cast<std::size_t>(rep % count)].launch(stream);
+    });
+  }
+  if (!samples.ok()) return samples.status();
+  return bench::summarize(std::move(samples).value());
+}
+
+}  // namespace
+
+Result<Measurement> measure(LayerRunner& runner, const Workload& work, const LayerConfig& config,
+                            double experts_hit, const TimingPlan& plan, const Target& target) {
+  const bool gpu = runner.on_gpu();
+  Result<bench::TimingStats> stats =
+      gpu ? time_on_gpu(runner, work, plan) : time_on_cpu(runner, work, plan);
+  if (!stats.ok()) return stats.status();
   Measurement m;
-  m.time = *stats;
+  m.time = stats.value();
+  m.warmup = plan.warmup;
+  m.cuda_events = gpu;
+  m.graph = gpu && plan.graph;
   m.experts_hit = experts_hit;
   m.work = bench::layer_work(config, work.tokens, experts_hit);
-  m.floor = bench::floor_of(m.work, ceilings.read.gbps, ceilings.compute.gflops);
+  m.floor = target.floor(m.work);
   return m;
 }
 
+std::string skew_name(double skew) {
+  if (skew <= 0) return "uniform";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "zipf-%g", skew);
+  return buf;
+}
+
 bench::JsonObject result_json(const ResultRow& row, const bench::MachineInfo& machine,
-                              const bench::Ceilings& ceilings, const std::string& command) {
+                              const Target& target, const std::string& command) {
   const Measurement& m = row.m;
   bench::JsonObject j;
   j.add("preset", row.preset)
       .add("tokens", row.tokens)
-      .add("skew", row.skew)
+      .add("skew", skew_name(row.skew))
       .add("impl", impl_name(row.backend))
-      .add("dtype", to_string(row.config.dtype))
       .add("us_median", m.time.median_us)
+      .add("floor_us", m.floor.us)
+      .add("bound", m.floor.bound());
+  if (target.gpu) {
+    j.add("gpu", target.device);
+  } else {
+    j.add_null("gpu");
+  }
+  j.add("commit", bench::build_commit())
+      .add("mode", row.config.routing.kind == RoutingKind::precomputed ? "experts" : "layer")
+      .add("pct_of_floor", m.pct_of_floor())
+      .add("us_p10", m.time.p10_us)
+      .add("us_p90", m.time.p90_us)
       .add("us_min", m.time.min_us)
       .add("us_max", m.time.max_us)
       .add("reps", m.time.reps)
-      .add("floor_us", m.floor.us)
-      .add("pct_of_floor", m.pct_of_floor())
-      .add("bound", m.floor.bound())
+      .add("warmup", m.warmup)
+      .add("timer", m.cuda_events ? "cuda-events" : "wall-clock")
+      .add("graph", m.graph)
+      .add("dtype", to_string(row.config.dtype))
       .add("bytes", m.work.bytes)
       .add("flops", m.work.flops)
       .add("experts_hit", m.experts_hit)
@@ -343,25 +482,21 @@ bench::JsonObject result_json(const ResultRow& row, const bench::MachineInfo& ma
       .add("hidden", row.config.hidden)
       .add("intermediate", row.config.intermediate)
       .add("top_k", row.config.top_k)
-      .add("routing", routing_summary(row.config.routing))
-      .add("read_gbps", ceilings.read.gbps)
-      .add("compute_gflops", ceilings.compute.gflops)
-      .add("device", machine.device())
-      .add("load_average", machine.load_average)
-      .add("date", bench::utc_now_iso8601())
-      .add("commit", bench::build_commit())
-      .add("command", command);
+      .add("shared_intermediate", row.config.shared.intermediate)
+      .add("routing", routing_summary(row.config.routing));
+  if (target.gpu) {
+    j.add("read_bw_gbps", target.read_gbps)
+        .add("bf16_tflops", target.compute_gflops * 1e-3)
+        .add("device", target.device)
+        .add("host", machine.device());
+  } else {
+    j.add("read_gbps", target.read_gbps)
+        .add("compute_gflops", target.compute_gflops)
+        .add("device", target.device)
+        .add("load_average", machine.load_average);
+  }
+  j.add("date", bench::utc_now_iso8601()).add("command", command);
   return j;
-}
-
-std::string describe_ceilings(const bench::Ceilings& c) {
-  char buf[256];
-  std::snprintf(buf, sizeof(buf),
-                "read %.1f GB/s (%s buffer, best of %d passes, %d threads); "
-                "fp32 FMA %.1f GFLOP/s (%s, %d threads)",
-                c.read.gbps, format_bytes(static_cast<double>(c.read.bytes)).c_str(), c.read.passes,
-                c.read.threads, c.compute.gflops, c.compute.isa.c_str(), c.compute.threads);
-  return buf;
 }
 
 }  // namespace fusedmoe::cli

@@ -6,6 +6,7 @@
 #include "cases.hpp"
 #include "commands.hpp"
 #include "fusedmoe/compare.hpp"
+#include "fusedmoe/device.hpp"
 #include "routing_check.hpp"
 
 namespace fusedmoe::cli {
@@ -26,11 +27,13 @@ void print_header() {
 }
 
 // All token counts and skews of one layer: weights built once, freed on return.
-void verify_layer(const Options& o, const LayerCase& layer, Backend backend, double skew_variant,
-                  const std::vector<double>& skews, Totals& totals) {
+// `gpu_memory`: bytes of the GPU the backend runs on, 0 for a CPU backend.
+void verify_layer(const Options& o, const LayerCase& layer, Backend backend,
+                  std::int64_t gpu_memory, double skew_variant, const std::vector<double>& skews,
+                  Totals& totals) {
   const LayerConfig wanted = with_skew(layer.config, skew_variant);
   // Host weights, the packed copy under test and the reference's copy exist at once.
-  const MemoryFit fit = fit_in_memory(layer.name, wanted, 3);
+  const MemoryFit fit = fit_in_memory(layer.name, wanted, 3, gpu_memory > 0 ? 1 : 0, gpu_memory);
   if (!fit.note.empty()) std::printf("  note: %s\n", fit.note.c_str());
   const int cases = static_cast<int>(o.tokens.size() * skews.size());
   if (!fit.fits) {
@@ -61,11 +64,12 @@ void verify_layer(const Options& o, const LayerCase& layer, Backend backend, dou
   for (std::int64_t tokens : o.tokens) {
     for (double skew : skews) {
       ++totals.cases;
-      const Workload work = make_workload(c, tokens, 1, skew, o.seed);
+      const Result<Workload> work = make_workload(c, tokens, 1, skew, o.seed, test->on_gpu());
       HostTensor test_ids(DType::i32, {tokens, c.top_k}), test_w(DType::f32, {tokens, c.top_k});
       HostTensor ref_ids(DType::i32, {tokens, c.top_k}), ref_w(DType::f32, {tokens, c.top_k});
-      Status s = test->forward(work, 0, test_ids.ref(), test_w.ref());
-      if (s.ok()) s = ref->forward(work, 0, ref_ids.ref(), ref_w.ref());
+      Status s = work.status();
+      if (s.ok()) s = test->forward(work.value(), 0, test_ids.ref(), test_w.ref());
+      if (s.ok()) s = ref->forward(work.value(), 0, ref_ids.ref(), ref_w.ref());
       if (!s.ok()) {
         std::printf("%-20s %5lld %6g  FAIL: %s\n", layer.name.c_str(),
                     static_cast<long long>(tokens), skew, s.to_string().c_str());
@@ -119,6 +123,12 @@ int verify_command(const Options& o) {
     std::fprintf(stderr, "fusedmoe: %s\n", s.to_string().c_str());
     return kExitFailure;
   }
+  std::int64_t gpu_memory = 0;
+  if (o.no_shared_expert) std::printf("routed experts only: shared experts dropped\n");
+  if (backend == Backend::cuda) {
+    const Result<device::Info> info = device::info(0);
+    if (info.ok()) gpu_memory = static_cast<std::int64_t>(info->memory_bytes);
+  }
   const std::vector<LayerCase> layers = selected_layers(o);
   std::vector<double> own_router, zipf;
   for (double s : o.skews) (s > 0 ? zipf : own_router).push_back(s);
@@ -130,6 +140,12 @@ int verify_command(const Options& o) {
       std::string(to_string(backend)).c_str(), std::string(to_string(o.dtype)).c_str(),
       std::string(to_string(o.layout)).c_str(), static_cast<unsigned long long>(o.seed), tol.atol,
       tol.rtol, tol.global);
+  if (o.no_shared_expert) std::printf("routed experts only: shared experts dropped\n");
+  if (backend == Backend::cuda) {
+    const Result<device::Info> info = device::info(0);
+    if (info.ok())
+      std::printf("on %s (inputs and outputs staged in GPU memory)\n", info->name.c_str());
+  }
   print_header();
   std::fflush(stdout);
 
@@ -139,7 +155,7 @@ int verify_command(const Options& o) {
     for (const auto* skews : {&own_router, &zipf}) {
       if (skews->empty()) continue;
       try {
-        verify_layer(o, layer, backend, skews->front(), *skews, totals);
+        verify_layer(o, layer, backend, gpu_memory, skews->front(), *skews, totals);
       } catch (const std::bad_alloc&) {
         std::printf("%-20s  FAIL: out of memory building or running the layer\n",
                     layer.name.c_str());

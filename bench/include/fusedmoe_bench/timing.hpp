@@ -1,6 +1,7 @@
-// Wall-clock timing of repeated calls: warm-up, then N individually timed repetitions, reported
-// as median / min / max microseconds. The median is the headline figure because one descheduled
-// repetition moves the mean but not the median.
+// Timing of repeated calls: warm-up, then N individually timed repetitions (wall clock here, CUDA
+// events through fusedmoe::device), reported as median, 10th/90th percentiles, min and max
+// microseconds. The median is the headline figure because one descheduled repetition moves the
+// mean but not the median; p10..p90 is the spread a second run is judged against.
 #pragma once
 
 #include <chrono>
@@ -11,15 +12,20 @@ namespace fusedmoe::bench {
 
 struct TimingStats {
   double median_us = 0;
+  double p10_us = 0;
+  double p90_us = 0;
   double min_us = 0;
   double max_us = 0;
   int reps = 0;
 };
 
-// Median (mean of the middle two for an even count), min and max of `samples_us`.
+// Median (mean of the middle two for an even count), p10, p90, min and max of `samples_us`.
 TimingStats summarize(std::vector<double> samples_us);
 // The median of any values (0 for none), as summarize() computes it.
 double median(std::vector<double> values);
+// The q-quantile (0 <= q <= 1) of `sorted` values, interpolated linearly between ranks (0 for
+// none); quantile(v, 0.5) is the median.
+double quantile(const std::vector<double>& sorted, double q);
 
 class Stopwatch {
  public:

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: checks and timings of the CUDA backend, logs under $OUT.
+#   bench/gpu/h200.sh test        GPU test suites (ctest -L cuda)
+#   bench/gpu/h200.sh sanitize    compute-sanitizer memcheck, racecheck, synccheck on the edge set
+#   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid
+#   bench/gpu/h200.sh peers       bench/peers/peers.py over the same grid
+# Several steps may be given in one call. The build (build-gpu/) is either carried from the
+# machine that made it or made here when absent.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/fusedmoe-out}"
+mkdir -p "$OUT"
+BUILD="${BUILD:-build-gpu}"
+# cuBLAS (the bf16 ceiling) from the toolkit or from the Python wheels, whichever is there.
+for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+
+log() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" | tee -a "$OUT/summary.txt"; }
+
+if [ ! -x "$BUILD/bin/fusedmoe" ]; then
+  log "build"
+  cmake -B "$BUILD" -G Ninja -DFUSEDMOE_CUDA=ON -DFUSEDMOE_CUDA_ARCHITECTURES=90-real \
+    >"$OUT/build.log" 2>&1 && cmake --build "$BUILD" -j16 >>"$OUT/build.log" 2>&1 ||
+    { tail -30 "$OUT/build.log"; exit 1; }
+fi
+export FUSEDMOE_COMMIT="${FUSEDMOE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
+  | tee -a "$OUT/summary.txt"
+
+for step in "$@"; do
+  case "$step" in
+    test)
+      # the binaries directly (a carried build's CTest files hold this machine's paths)
+      for suite in cuda_edge_test cuda_graph_test "errors_test --gtest_filter=CudaErrors.*" \
+                   e2e_test determinism_test nan_test; do
+        name=${suite%% *}
+        log "GPU tests: $suite"
+        FUSEDMOE_TEST_BACKEND=cuda timeout "${TEST_TIMEOUT:-300}" "$BUILD"/bin/$suite --gtest_brief=1 \
+          >"$OUT/test_$name.log" 2>&1
+        echo "exit $? ($name)" | tee -a "$OUT/summary.txt"
+        grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_$name.log" | head -12 |
+          tee -a "$OUT/summary.txt"
+      done
+      ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        log "compute-sanitizer $tool"
+        compute-sanitizer --tool "$tool" --error-exitcode 99 "$BUILD/bin/cuda_edge_test" \
+          >"$OUT/sanitizer_$tool.log" 2>&1
+        echo "exit $? ($tool)" | tee -a "$OUT/summary.txt"
+        grep -E "ERROR SUMMARY|PASSED|FAILED|SKIPPED" "$OUT/sanitizer_$tool.log" | tail -4 |
+          tee -a "$OUT/summary.txt"
+      done
+      ;;
+    grid)
+      log "bench grid"
+      # GRID_ARGS e.g. "--preset qwen3-30b-a3b --tokens 16,64,256"
+      timeout "${GRID_TIMEOUT:-400}" "$BUILD/bin/fusedmoe" bench --backend cuda ${GRID_ARGS:-} \
+        --json "$OUT/fusedmoe-cuda.jsonl" 2>"$OUT/grid.err" | tee "$OUT/grid.txt"
+      tail -3 "$OUT/grid.err"
+      ;;
+    peers)
+      log "peers"
+      PYTHONUNBUFFERED=1 timeout "${PEERS_TIMEOUT:-500}" python3 bench/peers/peers.py \
+        --lib build-shared/libfusedmoe.so --commit "$FUSEDMOE_COMMIT" ${PEERS_ARGS:-} \
+        --out "$OUT/peers.jsonl" 2>"$OUT/peers.err" | tee "$OUT/peers.txt"
+      tail -5 "$OUT/peers.err"
+      ;;
+    info)
+      log "device"
+      ldd "$BUILD/bin/fusedmoe" | grep -E "cublas|not found" | tee -a "$OUT/summary.txt"
+      ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

@@ -1,0 +1,86 @@
+#include "cuda/plan.hpp"
+
+#include <algorithm>
+
+namespace fusedmoe::cuda {
+
+int tile_rows(GemmTile tile) {
+  switch (tile) {
+    case GemmTile::m16n64:
+      return 16;
+    case GemmTile::m64n128:
+      return 64;
+    case GemmTile::m128n128:
+      return 128;
+  }
+  return 16;
+}
+
+int tile_cols(GemmTile tile) { return tile == GemmTile::m16n64 ? 64 : 128; }
+
+GemmTile choose_tile(std::int64_t rows, std::int64_t groups) {
+  // Weights dominate until a tile is tens of rows tall: then the narrowest tile that covers an
+  // expert's rows streams each weight block about once, with the most blocks in flight.
+  const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
+  if (per_group <= 32) return GemmTile::m16n64;
+  if (per_group <= 128) return GemmTile::m64n128;
+  return GemmTile::m128n128;
+}
+
+std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+namespace {
+
+class Carver {
+ public:
+  std::size_t take(std::int64_t count, std::size_t element_bytes) {
+    constexpr std::size_t kAlign = 256;
+    const std::size_t at = bytes;
+    bytes += (static_cast<std::size_t>(count) * element_bytes + kAlign - 1) / kAlign * kAlign;
+    return at;
+  }
+  std::size_t bytes = 0;
+};
+
+}  // namespace
+
+Plan make_plan(const LayerConfig& c, std::int64_t tokens) {
+  Plan p;
+  p.tokens = tokens;
+  p.slots = tokens * c.top_k;
+  p.hidden_pad = round_up(c.hidden, kKAlign);
+  p.inter_pad = round_up(c.intermediate, kIAlign);
+  p.shared_pad = c.shared.intermediate > 0 ? round_up(c.shared.intermediate, kIAlign) : 0;
+  p.logits =
+      (c.routing.kind == RoutingKind::precomputed ? 0 : c.experts) + (c.shared.gated ? 1 : 0);
+  p.router_slices = (c.hidden + kRouterSlice - 1) / kRouterSlice;
+  p.routed_tile = choose_tile(p.slots, c.experts);
+  p.shared_tile = choose_tile(tokens, 1);
+  const std::int64_t bm = tile_rows(p.routed_tile);
+  // every expert with rows adds at most one partial tile
+  p.tile_capacity = (p.slots + bm - 1) / bm + std::min<std::int64_t>(c.experts, p.slots);
+  p.stage_x = c.hidden % 8 != 0;
+
+  const std::size_t es = dtype_size(c.dtype);
+  Carver w;
+  WorkspaceLayout& l = p.workspace;
+  if (p.logits > 0) l.partial = w.take(p.router_slices * tokens * p.logits, 4);
+  l.ids = w.take(p.slots, 4);
+  l.weights = w.take(p.slots, 4);
+  if (c.shared.gated) l.shared_gate = w.take(tokens, 4);
+  l.offsets = w.take(c.experts + 2, 4);
+  l.tiles = w.take(p.tile_capacity, 8);
+  l.perm = w.take(p.slots, 4);
+  l.pos = w.take(p.slots, 4);
+  if (p.stage_x) l.x_stage = w.take(tokens * p.hidden_pad, es);
+  l.act = w.take(2 * p.slots * p.inter_pad, es);
+  l.y = w.take(p.slots * p.hidden_pad, 4);
+  if (p.shared_pad > 0) {
+    l.shared_act = w.take(2 * tokens * p.shared_pad, es);
+    l.shared_y = w.take(tokens * p.hidden_pad, 4);
+  }
+  l.bytes = w.bytes;
+  return p;
+}
+
+}  // namespace fusedmoe::cuda
