@@ -1,6 +1,8 @@
 #include "cuda/plan.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 namespace fusedmoe::cuda {
 
@@ -22,12 +24,39 @@ GemmTile choose_tile(std::int64_t rows, std::int64_t groups) {
   // Weights dominate until a tile is tens of rows tall: then the narrowest tile that covers an
   // expert's rows streams each weight block about once, with the most blocks in flight.
   const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
-  if (per_group <= 32) return GemmTile::m16n64;
-  if (per_group <= 128) return GemmTile::m64n128;
+  if (per_group <= 24) return GemmTile::m16n64;
+  if (per_group <= 96) return GemmTile::m64n128;
   return GemmTile::m128n128;
 }
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+std::optional<GemmTile> parse_tile(std::string_view name) {
+  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+    if (name == to_string(t)) return t;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(GemmTile tile) {
+  switch (tile) {
+    case GemmTile::m16n64:
+      return "m16n64";
+    case GemmTile::m64n128:
+      return "m64n128";
+    case GemmTile::m128n128:
+      return "m128n128";
+  }
+  return "unknown";
+}
+
+std::optional<GemmTile> forced_tile() {
+  static const std::optional<GemmTile> tile = [] {
+    const char* env = std::getenv("FUSEDMOE_CUDA_TILE");
+    return env != nullptr ? parse_tile(env) : std::nullopt;
+  }();
+  return tile;
+}
 
 namespace {
 
@@ -55,6 +84,7 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens) {
       (c.routing.kind == RoutingKind::precomputed ? 0 : c.experts) + (c.shared.gated ? 1 : 0);
   p.router_slices = (c.hidden + kRouterSlice - 1) / kRouterSlice;
   p.routed_tile = choose_tile(p.slots, c.experts);
+  if (const std::optional<GemmTile> forced = forced_tile()) p.routed_tile = *forced;
   p.shared_tile = choose_tile(tokens, 1);
   const std::int64_t bm = tile_rows(p.routed_tile);
   // every expert with rows adds at most one partial tile

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "fusedmoe/config.hpp"
 
@@ -20,14 +22,21 @@ enum class GemmTile : std::uint8_t {
 int tile_rows(GemmTile tile);
 int tile_cols(GemmTile tile);
 
+std::string_view to_string(GemmTile tile);
+std::optional<GemmTile> parse_tile(std::string_view name);
+
 // The tile for `rows` rows spread over `groups` experts (the expected rows per expert decides).
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups);
+
+// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m128n128 forces the routed experts' tile, for tuning runs
+// (read once per process; workspace sizes follow it).
+std::optional<GemmTile> forced_tile();
 
 inline constexpr std::int64_t kKAlign =
     128;  // packed hidden size: a multiple of every tile's BN and BK
 inline constexpr std::int64_t kIAlign = 64;  // packed intermediate size: a multiple of BK and BN/2
 inline constexpr std::int64_t kRouterSlice =
-    512;  // router H-slice (kernels/router/router_logits.cuh)
+    256;  // router H-slice (kernels/router/router_logits.cuh)
 
 std::int64_t round_up(std::int64_t v, std::int64_t m);
 

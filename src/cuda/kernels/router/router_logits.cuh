@@ -6,7 +6,7 @@
 // token's logits do not depend on the batch it came in.
 //
 // Block: 256 threads, a tile of 32 tokens x 32 logits, each thread 2 x 2 of them; x and R stream
-// through shared memory 32 columns at a time (x converted to f32 on load). Any H, any row stride.
+// through shared memory 128 columns at a time (x converted to f32 on load). Any H, any row stride.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,7 +16,7 @@
 
 namespace fusedmoe::cuda {
 
-inline constexpr int kRouterSliceK = 512;
+inline constexpr int kRouterSliceK = 256;
 inline constexpr int kRouterTileT = 32;
 inline constexpr int kRouterTileL = 32;
 inline constexpr int kRouterThreads = 256;
@@ -29,9 +29,14 @@ template <class Elem>
 __global__ void __launch_bounds__(kRouterThreads)
     router_logits(const Elem* __restrict__ x, std::int64_t x_ld, const float* __restrict__ router,
                   int tokens, int logits, int hidden, float* __restrict__ partial) {
-  constexpr int kBK = 32;
-  __shared__ float xs[kBK][kRouterTileT + 1];  // [k][token]
-  __shared__ float rs[kBK][kRouterTileL + 1];  // [k][logit]
+  // A slice is two steps of kBK columns; each thread issues all its loads of a step before it
+  // stores any, and the next step's loads before computing this one: decode batches are a few
+  // blocks deep and latency, not bandwidth, is what they wait on.
+  constexpr int kBK = 128;
+  constexpr int kLoads = kRouterTileT * kBK / kRouterThreads;  // per operand per thread
+  static_assert(kRouterTileT == kRouterTileL, "one load pattern for both operands");
+  __shared__ float xs[kBK][kRouterTileT + 2];  // [k][token], rows 8-byte aligned for float2
+  __shared__ float rs[kBK][kRouterTileL + 2];  // [k][logit]
   const int l0 = static_cast<int>(blockIdx.x) * kRouterTileL;
   const int t0 = static_cast<int>(blockIdx.y) * kRouterTileT;
   const int slice = static_cast<int>(blockIdx.z);
@@ -39,29 +44,41 @@ __global__ void __launch_bounds__(kRouterThreads)
   const int k_end = min(hidden, k_begin + kRouterSliceK);
   const int tid = static_cast<int>(threadIdx.x);
   const int tt = (tid / 16) * 2, tl = (tid % 16) * 2;  // this thread's 2 x 2 outputs
-  float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 
-  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-    // 32 x 32 of each operand, 4 elements per thread; k is the fast index for coalescing
+  float xv[kLoads], rv[kLoads];
+  const auto load = [&](int k0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kLoads; ++i) {
       const int idx = tid + i * kRouterThreads;
-      const int row = idx / kBK, kk = idx % kBK;
-      const int k = k0 + kk;
+      const int row = idx / kBK, k = k0 + idx % kBK;  // k is the fast index: coalesced
       const int t = t0 + row, l = l0 + row;
-      xs[kk][row] = (t < tokens && k < k_end) ? to_f32(x[t * x_ld + k]) : 0.0f;
-      rs[kk][row] =
-          (l < logits && k < k_end) ? router[static_cast<std::int64_t>(l) * hidden + k] : 0.0f;
+      xv[i] = (t < tokens && k < k_end) ? to_f32(x[t * x_ld + k]) : 0.0f;
+      rv[i] = (l < logits && k < k_end) ? router[static_cast<std::int64_t>(l) * hidden + k] : 0.0f;
     }
+  };
+  const auto store = [&] {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = tid + i * kRouterThreads;
+      xs[idx % kBK][idx / kBK] = xv[i];
+      rs[idx % kBK][idx / kBK] = rv[i];
+    }
+  };
+
+  float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+  load(k_begin);
+  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
+    store();
     __syncthreads();
-#pragma unroll 8
-    for (int kk = 0; kk < kBK; ++kk) {
-      const float a0 = xs[kk][tt], a1 = xs[kk][tt + 1];
-      const float b0 = rs[kk][tl], b1 = rs[kk][tl + 1];
-      acc[0][0] = fmaf(a0, b0, acc[0][0]);
-      acc[0][1] = fmaf(a0, b1, acc[0][1]);
-      acc[1][0] = fmaf(a1, b0, acc[1][0]);
-      acc[1][1] = fmaf(a1, b1, acc[1][1]);
+    if (k0 + kBK < k_end) load(k0 + kBK);
+    const int steps = min(kBK, k_end - k0);
+    for (int kk = 0; kk < steps; ++kk) {  // in k order: the sum's order is fixed
+      const float2 a = *reinterpret_cast<const float2*>(&xs[kk][tt]);
+      const float2 b = *reinterpret_cast<const float2*>(&rs[kk][tl]);
+      acc[0][0] = fmaf(a.x, b.x, acc[0][0]);
+      acc[0][1] = fmaf(a.x, b.y, acc[0][1]);
+      acc[1][0] = fmaf(a.y, b.x, acc[1][0]);
+      acc[1][1] = fmaf(a.y, b.y, acc[1][1]);
     }
     __syncthreads();
   }

@@ -117,11 +117,12 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
   std::int32_t* ids = p.ids + static_cast<std::int64_t>(t) * k;
   float* weights = p.weights + static_cast<std::int64_t>(t) * k;
 
-  const auto logit = [&](int l) {  // slices added in order
+  // a logit: its H-slices added in slice order
+  const float* __restrict__ partial = p.partial + static_cast<std::int64_t>(t) * p.logits;
+  const std::int64_t slice_stride = static_cast<std::int64_t>(p.tokens) * p.logits;
+  const auto logit = [&](int l) {
     float s = 0.0f;
-    for (int i = 0; i < p.slices; ++i) {
-      s += p.partial[(static_cast<std::int64_t>(i) * p.tokens + t) * p.logits + l];
-    }
+    for (int i = 0; i < p.slices; ++i) s += __ldg(partial + i * slice_stride + l);
     return s;
   };
   // the shared expert's gate is the last logit column
@@ -133,8 +134,29 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
       weights[j] = p.topk_weights.data[t * p.topk_weights.row + j * p.topk_weights.col];
     }
   } else {
+    // kChunk logits per lane at a time, their slice loads independent of one another (a logit's
+    // slices are dependent adds: with one logit at a time each would wait for the last).
+    constexpr int kChunk = 8;
+    for (int e0 = 0; e0 < e_count; e0 += 32 * kChunk) {
+      float sum[kChunk];
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) sum[j] = 0.0f;
+      for (int i = 0; i < p.slices; ++i) {
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) {
+          const int e = e0 + lane + 32 * j;
+          if (e < e_count) sum[j] += __ldg(partial + i * slice_stride + e);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const int e = e0 + lane + 32 * j;
+        if (e < e_count) lg[e] = sum[j];
+      }
+    }
+    __syncwarp();
     for (int e = lane; e < e_count; e += 32) {
-      const float v = logit(e) + (p.router_bias != nullptr ? p.router_bias[e] : 0.0f);
+      const float v = lg[e] + (p.router_bias != nullptr ? p.router_bias[e] : 0.0f);
       lg[e] = v;
       float sel = v;
       if (p.kind == RoutingKindId::sigmoid_topk) {

@@ -66,7 +66,8 @@ __global__ void __launch_bounds__(WarpsM* WarpsN * 32)
   }
   const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.k_pad;
   float acc[Mainloop::kMI][Mainloop::kNI][4];
-  Mainloop::run(acc, smem, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK);
+  Mainloop::run(acc, smem, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK,
+                tile.rows - tile.first);
 
   const float* bias =
       p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;

@@ -52,7 +52,8 @@ __global__ void __launch_bounds__(WarpsM* WarpsN * 32)
   }
   const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.act_ld;
   float acc[Mainloop::kMI][Mainloop::kNI][4];
-  Mainloop::run(acc, smem, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK);
+  Mainloop::run(acc, smem, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK,
+                tile.rows - tile.first);
 
   const float* bias =
       p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
