@@ -14,25 +14,32 @@
 namespace fusedmoe::cuda {
 namespace {
 
-// (BM, BN, warps along M, warps along N, stages) of each GemmTile.
-template <GemmTile kTile>
+// (BM, BN, warps along M, warps along N, stages) of each GemmTile, for the gated GEMM and for
+// the weighted one (kWeighted), whose A tile holds two planes.
+template <GemmTile kTile, bool kWeighted>
 struct TileShape;
-template <>
-struct TileShape<GemmTile::m16n64> {
+template <bool kWeighted>
+struct TileShape<GemmTile::m16n64, kWeighted> {
   static constexpr int kBM = 16, kBN = 64, kWarpsM = 1, kWarpsN = 4, kStages = 4;
 };
 template <>
-struct TileShape<GemmTile::m64n128> {
+struct TileShape<GemmTile::m64n128, false> {
   static constexpr int kBM = 64, kBN = 128, kWarpsM = 2, kWarpsN = 2, kStages = 3;
 };
+// The weighted GEMM's 96 KB of stages leave room for two blocks per SM: eight warps each keep
+// enough MMAs in flight (four were measured latency-bound on mixtral T = 256).
 template <>
-struct TileShape<GemmTile::m128n128> {
+struct TileShape<GemmTile::m64n128, true> {
+  static constexpr int kBM = 64, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
+};
+template <bool kWeighted>
+struct TileShape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
 };
 
 template <class Elem, GemmTile kTile, bool kWeighted>
 struct GemmKernel {
-  using S = TileShape<kTile>;
+  using S = TileShape<kTile, kWeighted>;
   using Mainloop = sm80::GroupedMainloop<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN, S::kStages,
                                          kWeighted ? 2 : 1>;
   static constexpr int kThreads = Mainloop::kThreads;

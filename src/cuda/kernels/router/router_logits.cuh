@@ -71,8 +71,10 @@ __global__ void __launch_bounds__(kRouterThreads)
     store();
     __syncthreads();
     if (k0 + kBK < k_end) load(k0 + kBK);
-    const int steps = min(kBK, k_end - k0);
-    for (int kk = 0; kk < steps; ++kk) {  // in k order: the sum's order is fixed
+    // in k order (the sum's order is fixed); columns past k_end are zeros in shared memory, so a
+    // short last step runs the same unrolled loop
+#pragma unroll 16
+    for (int kk = 0; kk < kBK; ++kk) {
       const float2 a = *reinterpret_cast<const float2*>(&xs[kk][tt]);
       const float2 b = *reinterpret_cast<const float2*>(&rs[kk][tl]);
       acc[0][0] = fmaf(a.x, b.x, acc[0][0]);

@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
   const std::int64_t slice_stride = static_cast<std::int64_t>(p.tokens) * p.logits;
   const auto logit = [&](int l) {
     float s = 0.0f;
+#pragma unroll 4
     for (int i = 0; i < p.slices; ++i) s += __ldg(partial + i * slice_stride + l);
     return s;
   };
@@ -141,6 +142,8 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
       float sum[kChunk];
 #pragma unroll
       for (int j = 0; j < kChunk; ++j) sum[j] = 0.0f;
+      // unrolled over slices too, so that several slices' loads are in flight at once
+#pragma unroll 4
       for (int i = 0; i < p.slices; ++i) {
 #pragma unroll
         for (int j = 0; j < kChunk; ++j) {
