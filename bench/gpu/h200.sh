@@ -24,7 +24,8 @@ if [ ! -x "$BUILD/bin/fusedmoe" ]; then
     >"$OUT/build.log" 2>&1 && cmake --build "$BUILD" -j16 >>"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
 fi
-export FUSEDMOE_COMMIT="${FUSEDMOE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+# the commit the carried build was made from (a copied tree's git state may be stale)
+export FUSEDMOE_COMMIT="${FUSEDMOE_COMMIT:-$("$BUILD/bin/fusedmoe" --version | sed -n 's/.*(commit \(.*\))/\1/p')}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
   | tee -a "$OUT/summary.txt"
 
@@ -46,7 +47,8 @@ for step in "$@"; do
     sanitize)
       for tool in memcheck racecheck synccheck; do
         log "compute-sanitizer $tool"
-        compute-sanitizer --tool "$tool" --error-exitcode 99 "$BUILD/bin/cuda_edge_test" \
+        FUSEDMOE_TEST_BACKEND=cuda timeout "${SAN_TIMEOUT:-200}" compute-sanitizer --tool "$tool" \
+          --error-exitcode 99 "$BUILD/bin/cuda_edge_test" --gtest_brief=1 \
           >"$OUT/sanitizer_$tool.log" 2>&1
         echo "exit $? ($tool)" | tee -a "$OUT/summary.txt"
         grep -E "ERROR SUMMARY|PASSED|FAILED|SKIPPED" "$OUT/sanitizer_$tool.log" | tail -4 |

@@ -118,7 +118,8 @@ def parse_args(argv):
                    help="fusedmoe shared library (default: build/libfusedmoe.so, else "
                    "build-shared/libfusedmoe.so)")
     p.add_argument("--commit", default=None,
-                   help="commit to record when `git rev-parse HEAD` is unavailable")
+                   help="commit of the library under test (default: `git rev-parse HEAD`; a "
+                        "copied tree's git state can be stale, so pass the build's commit)")
     p.add_argument("--quick", action="store_true",
                    help="fewer tokens (1,64,1024), 10 reps, short tile search and hf-loop budget")
     p.add_argument("--hf-budget-s", type=float, default=None,
@@ -168,7 +169,9 @@ def skew_exponent(skew):
     return None if skew == "uniform" else float(skew.split("-", 1)[1])
 
 
-def git_commit(fallback):
+def git_commit(given):
+    if given:
+        return given
     try:
         r = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
                            text=True, timeout=10)
@@ -176,7 +179,7 @@ def git_commit(fallback):
             return r.stdout.strip()
     except Exception:
         pass
-    return fallback or "unknown"
+    return "unknown"
 
 
 def default_lib():

@@ -29,7 +29,7 @@ struct ForwardArgs {
   // [T, H], layer dtype; rows may be strided (stride(1) must be 1). CUDA backend: when H is a
   // multiple of 8, x must start 16-byte aligned with a row stride that is a multiple of 8.
   ConstTensorRef x;
-  TensorRef out;     // [T, H], layer dtype (or f32 on the reference backend); fully written
+  TensorRef out;  // [T, H], layer dtype (or f32 on the reference backend); fully written
   Workspace
       workspace;  // workspace_size(T) bytes on the backend's device, kWorkspaceAlignment-aligned
   // RoutingKind::precomputed only: ids [T, k] int32 and weights [T, k] f32. An id outside

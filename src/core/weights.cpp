@@ -56,7 +56,8 @@ Result<PackedWeights> pack_weights(const LayerConfig& config, const WeightSet& w
                                                     " backend is not available in this build "
                                                     "or on this machine"};
   }
-  Result<core::WeightSource> source = core::WeightSource::create(config, weights, ops->weights_device());
+  Result<core::WeightSource> source =
+      core::WeightSource::create(config, weights, ops->weights_device());
   if (!source.ok()) return source.status();
   try {
     auto packed = ops->pack(config, source.value());

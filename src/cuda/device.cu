@@ -139,7 +139,8 @@ Graph& Graph::operator=(Graph&& other) noexcept {
   return *this;
 }
 Graph::~Graph() {
-  if (exec_ != nullptr) static_cast<void>(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_)));
+  if (exec_ != nullptr)
+    static_cast<void>(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_)));
   if (graph_ != nullptr) static_cast<void>(cudaGraphDestroy(static_cast<cudaGraph_t>(graph_)));
 }
 Status Graph::launch(const Stream& stream) const {

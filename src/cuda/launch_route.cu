@@ -70,8 +70,8 @@ Status launch_route(const RouteArgs& a, cudaStream_t stream) {
   p.weights_out = {a.weights_out, a.weights_out_row, a.weights_out_col};
   // as many warps (tokens) per block as fit the default 48 KB of shared memory
   constexpr std::size_t kSmemLimit = 48 * 1024;
-  const int warps = static_cast<int>(std::clamp<std::size_t>(
-      kSmemLimit / topk_smem_bytes(a.experts, 1), 1, kTopkMaxWarps));
+  const int warps = static_cast<int>(
+      std::clamp<std::size_t>(kSmemLimit / topk_smem_bytes(a.experts, 1), 1, kTopkMaxWarps));
   route_tokens<<<blocks(a.tokens, warps), static_cast<unsigned>(warps * 32),
                  topk_smem_bytes(a.experts, warps), stream>>>(p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("route_tokens");

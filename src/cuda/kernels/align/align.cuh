@@ -22,11 +22,11 @@ struct AlignParams {
   const std::int32_t* ids = nullptr;  // [slots]
   int slots = 0;                      // T·k
   int experts = 0;
-  int block_m = 0;                    // tile rows
-  int* offsets = nullptr;             // [E + 1]
-  int* perm = nullptr;                // [slots]
-  int* pos = nullptr;                 // [slots]
-  int2* tiles = nullptr;              // [capacity]
+  int block_m = 0;         // tile rows
+  int* offsets = nullptr;  // [E + 1]
+  int* perm = nullptr;     // [slots]
+  int* pos = nullptr;      // [slots]
+  int2* tiles = nullptr;   // [capacity]
   int* tile_count = nullptr;
   unsigned long long* invalid_ids = nullptr;  // incremented by the ids outside [0, E)
 };
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   using Scan = cub::BlockScan<int, kAlignThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   extern __shared__ int align_smem[];
-  int* counts = align_smem;               // [E], then the running cursor of each expert
+  int* counts = align_smem;                  // [E], then the running cursor of each expert
   int* tile_start = align_smem + p.experts;  // [E]
   __shared__ int invalid;
   const int tid = static_cast<int>(threadIdx.x);
@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   // the tile list: expert e's tiles are [tile_start[e], tile_start[e] + ceil(rows_e / BM))
   for (int e = tid; e < p.experts; e += kAlignThreads) {
     const int end = e + 1 < p.experts ? tile_start[e + 1] : tile_total;
-    for (int i = tile_start[e]; i < end; ++i) p.tiles[i] = make_int2(e, (i - tile_start[e]) * p.block_m);
+    for (int i = tile_start[e]; i < end; ++i)
+      p.tiles[i] = make_int2(e, (i - tile_start[e]) * p.block_m);
   }
   for (int s = tid; s < p.slots; s += kAlignThreads) {
     const int e = p.ids[s];

@@ -13,12 +13,14 @@ namespace fusedmoe::cuda {
 
 inline constexpr int kCombineThreads = 256;
 
-__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
 
 struct CombineParams {
-  const float* y = nullptr;  // [T·k, y_ld] in sorted-row order
-  const int* pos = nullptr;  // [T, k]
+  const float* y = nullptr;         // [T·k, y_ld] in sorted-row order
+  const int* pos = nullptr;         // [T, k]
   const float* shared_y = nullptr;  // [T, y_ld] or nullptr
   int y_ld = 0;
   int tokens = 0, top_k = 0, hidden = 0;

@@ -12,7 +12,7 @@ enum class ActivationKind : int { swiglu = 0, geglu = 1, swiglu_oss = 2 };
 
 struct ActivationParams {
   ActivationKind kind = ActivationKind::swiglu;
-  float limit = 7.0f;   // swiglu_oss clamp
+  float limit = 7.0f;    // swiglu_oss clamp
   float alpha = 1.702f;  // swiglu_oss sigmoid slope
 };
 

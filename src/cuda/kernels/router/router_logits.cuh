@@ -71,8 +71,8 @@ __global__ void __launch_bounds__(kRouterThreads)
     store();
     __syncthreads();
     if (k0 + kBK < k_end) load(k0 + kBK);
-    // in k order (the sum's order is fixed); columns past k_end are zeros in shared memory, so a
-    // short last step runs the same unrolled loop
+      // in k order (the sum's order is fixed); columns past k_end are zeros in shared memory, so a
+      // short last step runs the same unrolled loop
 #pragma unroll 16
     for (int kk = 0; kk < kBK; ++kk) {
       const float2 a = *reinterpret_cast<const float2*>(&xs[kk][tt]);

@@ -15,7 +15,12 @@
 
 namespace fusedmoe::cuda {
 
-enum class RoutingKindId : int { softmax_topk = 0, sigmoid_topk = 1, topk_softmax = 2, precomputed = 3 };
+enum class RoutingKindId : int {
+  softmax_topk = 0,
+  sigmoid_topk = 1,
+  topk_softmax = 2,
+  precomputed = 3
+};
 
 inline constexpr int kTopkMaxWarps = 4;
 
@@ -47,14 +52,14 @@ struct RouteParams {
   int n_group = 1, topk_group = 1;
   float scaling = 1.0f;
   int tokens = 0, experts = 0, top_k = 0;
-  const float* partial = nullptr;  // [slices, T, logits]
-  int slices = 0, logits = 0;      // logits = E (+1: the shared expert's gate column)
+  const float* partial = nullptr;          // [slices, T, logits]
+  int slices = 0, logits = 0;              // logits = E (+1: the shared expert's gate column)
   const float* router_bias = nullptr;      // [E] or nullptr
   const float* correction_bias = nullptr;  // [E] or nullptr
   StridedI32 topk_ids;                     // precomputed only
   StridedF32 topk_weights;
-  std::int32_t* ids = nullptr;  // [T, k]
-  float* weights = nullptr;     // [T, k]
+  std::int32_t* ids = nullptr;   // [T, k]
+  float* weights = nullptr;      // [T, k]
   float* shared_gate = nullptr;  // [T]: sigmoid of the gate column, or nullptr
   StridedOutI32 ids_out;         // optional
   StridedOutF32 weights_out;
@@ -111,9 +116,9 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
   if (t >= p.tokens) return;
   const int e_count = p.experts, k = p.top_k;
   float* lg = route_smem + static_cast<std::size_t>(warp) * 4 * e_count;  // [E] logits (+bias)
-  auto* keys = reinterpret_cast<std::uint32_t*>(lg + e_count);           // [E] selection keys
-  auto* chosen = reinterpret_cast<int*>(lg + 2 * e_count);               // [k] ids; group flags
-  float* aux = lg + 3 * e_count;                                         // [n_group] scores
+  auto* keys = reinterpret_cast<std::uint32_t*>(lg + e_count);            // [E] selection keys
+  auto* chosen = reinterpret_cast<int*>(lg + 2 * e_count);                // [k] ids; group flags
+  float* aux = lg + 3 * e_count;                                          // [n_group] scores
   std::int32_t* ids = p.ids + static_cast<std::int64_t>(t) * k;
   float* weights = p.weights + static_cast<std::int64_t>(t) * k;
 
@@ -142,7 +147,7 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
       float sum[kChunk];
 #pragma unroll
       for (int j = 0; j < kChunk; ++j) sum[j] = 0.0f;
-      // unrolled over slices too, so that several slices' loads are in flight at once
+        // unrolled over slices too, so that several slices' loads are in flight at once
 #pragma unroll 4
       for (int i = 0; i < p.slices; ++i) {
 #pragma unroll

@@ -10,10 +10,10 @@
 namespace fusedmoe::cuda {
 
 struct TileList {
-  const int2* tiles = nullptr;        // [capacity] (expert, first row inside the expert's segment)
-  const int* count = nullptr;         // tiles in use (device)
-  const int* offsets = nullptr;       // [E + 1] segment starts in sorted-row order
-  int rows = 0;                       // without a list: rows in all
+  const int2* tiles = nullptr;   // [capacity] (expert, first row inside the expert's segment)
+  const int* count = nullptr;    // tiles in use (device)
+  const int* offsets = nullptr;  // [E + 1] segment starts in sorted-row order
+  int rows = 0;                  // without a list: rows in all
 };
 
 struct Tile {

@@ -67,9 +67,8 @@ struct GroupedMainloop {
   // a tile an expert fills only partly leaves tensor time to the other blocks on the SM. (Skipping
   // per m16 fragment inside a warp was measured slower: it breaks the unrolled MMA schedule.)
   __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], Elem* smem, const ARows& a,
-                                             std::int64_t a_plane_stride, int a_cols,
-                                             const Elem* b, std::int64_t b_ld, int k_tiles,
-                                             int valid_rows) {
+                                             std::int64_t a_plane_stride, int a_cols, const Elem* b,
+                                             std::int64_t b_ld, int k_tiles, int valid_rows) {
 #pragma unroll
     for (int mi = 0; mi < kMI; ++mi) {
 #pragma unroll
@@ -144,7 +143,8 @@ struct GroupedMainloop {
             std::uint32_t af[4];
             ptx::ldmatrix_x4_b16(af, sa + p * BM * kBK + swizzle(row, chunk));
 #pragma unroll
-            for (int ni = 0; ni < kNI; ++ni) ptx::SM80_16x8x16_F32<Elem>::mma(acc[mi][ni], af, bf[ni]);
+            for (int ni = 0; ni < kNI; ++ni)
+              ptx::SM80_16x8x16_F32<Elem>::mma(acc[mi][ni], af, bf[ni]);
           }
         }
       }

@@ -31,8 +31,8 @@ struct GatedGemmParams {
   TileList tiles;
   const Elem* w = nullptr;  // [experts][n_rows, k_pad]: interleaved gate/up rows
   std::int64_t w_expert_stride = 0;
-  int k_pad = 0;                  // packed hidden size, a multiple of 64
-  const float* bias = nullptr;    // [experts][n_rows] in the packed order, or nullptr
+  int k_pad = 0;                // packed hidden size, a multiple of 64
+  const float* bias = nullptr;  // [experts][n_rows] in the packed order, or nullptr
   std::int64_t bias_expert_stride = 0;
   Elem* act_hi = nullptr;  // [rows, act_ld]
   Elem* act_lo = nullptr;

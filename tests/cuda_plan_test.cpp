@@ -1,0 +1,143 @@
+// The CUDA backend's planner (src/cuda/plan.hpp) is plain host code: its tile choice, the upper
+// bound that sizes the GEMM grids, and the workspace layout are checked here on any machine.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "cuda/plan.hpp"
+#include "test_util.hpp"
+
+namespace fusedmoe::cuda {
+namespace {
+
+TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
+  // decode-sized rows per expert take the narrow tile, prefill the widest; never smaller as
+  // rows per expert grow
+  EXPECT_EQ(choose_tile(1, 128), GemmTile::m16n64);
+  EXPECT_EQ(choose_tile(16 * 8, 8), GemmTile::m16n64);
+  EXPECT_EQ(choose_tile(256 * 2, 8), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(4096 * 8, 128), GemmTile::m128n128);
+  int last = 0;
+  for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
+    const int bm = tile_rows(choose_tile(rows, 64));
+    EXPECT_GE(bm, last) << "rows " << rows;
+    last = bm;
+  }
+}
+
+TEST(CudaPlan, TileNamesRoundTrip) {
+  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+    const std::optional<GemmTile> back = parse_tile(to_string(t));
+    ASSERT_TRUE(back.has_value()) << to_string(t);
+    EXPECT_EQ(*back, t);
+    EXPECT_EQ(kKAlign % tile_cols(t), 0) << "packed H rows must be whole GEMM2 tiles";
+    EXPECT_EQ((2 * kIAlign) % tile_cols(t), 0) << "packed gate/up rows must be whole GEMM1 tiles";
+  }
+  EXPECT_FALSE(parse_tile("m32n32").has_value());
+}
+
+// Tiles the align stage writes for a given spread of slots over experts.
+std::int64_t tiles_needed(const std::vector<std::int64_t>& per_expert, int bm) {
+  std::int64_t n = 0;
+  for (std::int64_t c : per_expert) n += (c + bm - 1) / bm;
+  return n;
+}
+
+TEST(CudaPlan, TileCapacityBoundsEveryRouting) {
+  // The GEMM grids are sized before routing is known: the bound must hold for any spread of the
+  // T·k slots, uniform, skewed, all on one expert, or one slot per expert.
+  std::mt19937_64 rng(test::case_seed());
+  for (const auto& [t, e, k] : std::vector<std::tuple<int, int, int>>{
+           {1, 8, 2}, {7, 60, 4}, {64, 128, 8}, {256, 8, 2}, {1000, 257, 8}, {4096, 256, 8}}) {
+    LayerConfig c = test::make_config(256, 256, e, k);
+    const Plan p = make_plan(c, t);
+    const int bm = tile_rows(p.routed_tile);
+    const std::int64_t slots = static_cast<std::int64_t>(t) * k;
+    std::vector<std::vector<std::int64_t>> spreads;
+    spreads.emplace_back(e, 0);
+    spreads.back()[0] = slots;  // all on one expert
+    spreads.emplace_back(e, slots / e);
+    for (std::int64_t i = 0; i < slots % e; ++i) ++spreads.back()[i];  // as even as it gets
+    for (int draw = 0; draw < 50; ++draw) {
+      std::vector<std::int64_t> counts(e, 0);
+      std::uniform_int_distribution<int> pick(0, draw % 2 == 0 ? e - 1 : std::min(e - 1, 3));
+      for (std::int64_t s = 0; s < slots; ++s) ++counts[pick(rng)];
+      spreads.push_back(std::move(counts));
+    }
+    for (const auto& spread : spreads) {
+      EXPECT_LE(tiles_needed(spread, bm), p.tile_capacity) << "T=" << t << " E=" << e;
+    }
+  }
+}
+
+TEST(CudaPlan, WorkspaceRegionsAreAlignedAndDisjoint) {
+  for (LayerConfig c :
+       {test::make_config(2048, 768, 128, 8), test::make_config(733, 1408, 60, 4),
+        test::deepseek_like(512, 256, 64, 8, 8, 4), test::gpt_oss_like(2880, 2880, 32, 4)}) {
+    c.shared.intermediate = c.hidden == 733 ? 500 : 0;
+    c.shared.gated = c.hidden == 733;
+    for (std::int64_t t : {1, 17, 4096}) {
+      const Plan p = make_plan(c, t);
+      const WorkspaceLayout& l = p.workspace;
+      const std::size_t es = dtype_size(c.dtype);
+      // (offset, bytes) of every region in use
+      std::vector<std::pair<std::size_t, std::size_t>> regions;
+      const auto add = [&](std::size_t at, std::int64_t count, std::size_t bytes) {
+        if (at == WorkspaceLayout::none) return;
+        EXPECT_EQ(at % 256, 0u);
+        regions.emplace_back(at, static_cast<std::size_t>(count) * bytes);
+      };
+      add(l.partial, p.router_slices * t * p.logits, 4);
+      add(l.ids, p.slots, 4);
+      add(l.weights, p.slots, 4);
+      add(l.shared_gate, t, 4);
+      add(l.offsets, c.experts + 2, 4);
+      add(l.tiles, p.tile_capacity, 8);
+      add(l.perm, p.slots, 4);
+      add(l.pos, p.slots, 4);
+      add(l.x_stage, t * p.hidden_pad, es);
+      add(l.act, 2 * p.slots * p.inter_pad, es);
+      add(l.y, p.slots * p.hidden_pad, 4);
+      add(l.shared_act, 2 * t * p.shared_pad, es);
+      add(l.shared_y, t * p.hidden_pad, 4);
+      std::sort(regions.begin(), regions.end());
+      for (std::size_t i = 0; i < regions.size(); ++i) {
+        const std::size_t end = regions[i].first + regions[i].second;
+        EXPECT_LE(end, l.bytes);
+        if (i + 1 < regions.size()) EXPECT_LE(end, regions[i + 1].first);
+      }
+      EXPECT_EQ(p.stage_x, c.hidden % 8 != 0);
+      EXPECT_EQ(l.x_stage != WorkspaceLayout::none, p.stage_x);
+      EXPECT_EQ(l.shared_gate != WorkspaceLayout::none, c.shared.gated);
+      EXPECT_EQ(p.hidden_pad % kKAlign, 0);
+      EXPECT_EQ(p.inter_pad % kIAlign, 0);
+      EXPECT_GE(p.hidden_pad, c.hidden);
+      EXPECT_GE(p.inter_pad, c.intermediate);
+    }
+  }
+}
+
+TEST(CudaPlan, RouterSlicesDependOnHiddenOnly) {
+  // batch invariance: the order of the router's sums may not depend on T
+  const LayerConfig c = test::make_config(7168, 2048, 256, 8);
+  const std::int64_t slices = make_plan(c, 1).router_slices;
+  EXPECT_EQ(slices, (7168 + kRouterSlice - 1) / kRouterSlice);
+  for (std::int64_t t : {2, 333, 4096}) EXPECT_EQ(make_plan(c, t).router_slices, slices);
+}
+
+TEST(CudaPlan, PrecomputedRoutingHasNoRouterUnlessTheSharedExpertIsGated) {
+  LayerConfig c = test::make_config(256, 128, 16, 2);
+  c.routing.kind = RoutingKind::precomputed;
+  c.routing.renormalize = false;
+  EXPECT_EQ(make_plan(c, 8).logits, 0);
+  EXPECT_EQ(make_plan(c, 8).workspace.partial, WorkspaceLayout::none);
+  c.shared = {64, true};
+  EXPECT_EQ(make_plan(c, 8).logits, 1);  // the gate column only
+}
+
+}  // namespace
+}  // namespace fusedmoe::cuda
