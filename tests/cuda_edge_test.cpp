@@ -141,15 +141,6 @@ class CudaEdgeRuns : public ::testing::Test {
   void SetUp() override { FUSEDMOE_TEST_REQUIRE_BACKEND(Backend::cuda); }
 };
 
-void expect_valid_ids(const RunResult& r, std::int64_t t, const LayerConfig& c) {
-  std::set<std::int32_t> seen;
-  for (std::int32_t id : r.ids(t, c.top_k)) {
-    EXPECT_GE(id, 0) << "token " << t;
-    EXPECT_LT(id, c.experts) << "token " << t;
-    EXPECT_TRUE(seen.insert(id).second) << "token " << t << ": expert " << id << " twice";
-  }
-}
-
 TEST_F(CudaEdgeRuns, NaNRouterRowGivesValidIds) {
   // router row 3 NaN: every token's logit for expert 3 is NaN
   for (const LayerConfig& c :

@@ -60,15 +60,6 @@ LayerConfig kind_config(Kind k, DType dt) {
 
 void PrintTo(Kind k, std::ostream* os) { *os << kind_name(k); }
 
-void expect_valid_ids(const RunResult& r, std::int64_t t, const LayerConfig& c) {
-  std::set<std::int32_t> seen;
-  for (std::int32_t id : r.ids(t, c.top_k)) {
-    EXPECT_GE(id, 0) << "token " << t;
-    EXPECT_LT(id, c.experts) << "token " << t;
-    EXPECT_TRUE(seen.insert(id).second) << "token " << t << ": expert " << id << " twice";
-  }
-}
-
 class NonFiniteToken : public ::testing::TestWithParam<std::tuple<Kind, DType, bool>> {
  protected:
   void SetUp() override {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <ostream>
+#include <set>
 #include <span>
 #include <sstream>
 #include <string>
@@ -831,6 +832,16 @@ inline Verdict expect_matches_reference(const Problem& p, Backend backend = Back
   const RunResult ref = run_backend(p, Backend::reference);
   const RunResult got = run_backend(p, backend);
   return check_against(p, ref, got, opts);
+}
+
+// Token t's ids are in [0, E) and distinct (NaN scores included: CONTRACT.md).
+inline void expect_valid_ids(const RunResult& r, std::int64_t t, const LayerConfig& c) {
+  std::set<std::int32_t> seen;
+  for (std::int32_t id : r.ids(t, c.top_k)) {
+    EXPECT_GE(id, 0) << "token " << t;
+    EXPECT_LT(id, c.experts) << "token " << t;
+    EXPECT_TRUE(seen.insert(id).second) << "token " << t << ": expert " << id << " twice";
+  }
 }
 
 // Bytes of the output elements (no padding), for bit-identity checks.

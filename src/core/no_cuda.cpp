@@ -23,35 +23,16 @@ int count() { return 0; }
 Result<Info> info(int) { return no_cuda(); }
 
 Result<Buffer> Buffer::allocate(std::size_t) { return no_cuda(); }
-Buffer::Buffer(Buffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-Buffer& Buffer::operator=(Buffer&& other) noexcept {
-  std::swap(data_, other.data_);
-  std::swap(bytes_, other.bytes_);
-  return *this;
-}
 Buffer::~Buffer() = default;
 Status Buffer::upload(const void*, std::size_t, std::size_t) { return no_cuda(); }
 Status Buffer::download(void*, std::size_t, std::size_t) const { return no_cuda(); }
 Status Buffer::fill(std::uint8_t) { return no_cuda(); }
 
 Result<Stream> Stream::create() { return no_cuda(); }
-Stream::Stream(Stream&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
-Stream& Stream::operator=(Stream&& other) noexcept {
-  std::swap(handle_, other.handle_);
-  return *this;
-}
 Stream::~Stream() = default;
 Status Stream::synchronize() const { return no_cuda(); }
 
 Result<Graph> Graph::capture(const Stream&, const std::function<Status()>&) { return no_cuda(); }
-Graph::Graph(Graph&& other) noexcept
-    : graph_(std::exchange(other.graph_, nullptr)), exec_(std::exchange(other.exec_, nullptr)) {}
-Graph& Graph::operator=(Graph&& other) noexcept {
-  std::swap(graph_, other.graph_);
-  std::swap(exec_, other.exec_);
-  return *this;
-}
 Graph::~Graph() = default;
 Status Graph::launch(const Stream&) const { return no_cuda(); }
 

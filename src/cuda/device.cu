@@ -42,13 +42,6 @@ Result<Buffer> Buffer::allocate(std::size_t bytes) {
   b.bytes_ = bytes;
   return std::move(b);
 }
-Buffer::Buffer(Buffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-Buffer& Buffer::operator=(Buffer&& other) noexcept {
-  std::swap(data_, other.data_);
-  std::swap(bytes_, other.bytes_);
-  return *this;
-}
 Buffer::~Buffer() {
   if (data_ != nullptr) static_cast<void>(cudaFree(data_));
 }
@@ -100,11 +93,6 @@ Result<Stream> Stream::create() {
   s.handle_ = h;
   return std::move(s);
 }
-Stream::Stream(Stream&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
-Stream& Stream::operator=(Stream&& other) noexcept {
-  std::swap(handle_, other.handle_);
-  return *this;
-}
 Stream::~Stream() {
   if (handle_ != nullptr) static_cast<void>(cudaStreamDestroy(static_cast<cudaStream_t>(handle_)));
 }
@@ -130,13 +118,6 @@ Result<Graph> Graph::capture(const Stream& stream, const std::function<Status()>
   FUSEDMOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   g.exec_ = exec;
   return std::move(g);
-}
-Graph::Graph(Graph&& other) noexcept
-    : graph_(std::exchange(other.graph_, nullptr)), exec_(std::exchange(other.exec_, nullptr)) {}
-Graph& Graph::operator=(Graph&& other) noexcept {
-  std::swap(graph_, other.graph_);
-  std::swap(exec_, other.exec_);
-  return *this;
 }
 Graph::~Graph() {
   if (exec_ != nullptr)
