@@ -55,6 +55,7 @@ class Layer {
   const LayerConfig& config() const;
   Backend backend() const;
   // Bytes of workspace forward() needs for `tokens` rows; a pure function of config and tokens.
+  // SIZE_MAX when T · top_k >= 2^31 (forward refuses such a T with invalid_shape).
   std::size_t workspace_size(std::int64_t tokens) const;
 
   // Computes out = MoE(x). Deterministic, and a token's output does not depend on the other

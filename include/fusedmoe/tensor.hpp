@@ -50,9 +50,12 @@ struct BasicTensorRef {
   bool present() const { return data != nullptr || rank > 0; }
   std::int64_t size(int dim) const { return shape[static_cast<std::size_t>(dim)]; }
   std::int64_t stride(int dim) const { return strides[static_cast<std::size_t>(dim)]; }
+  // Saturates at INT64_MAX: sizes are caller input and their product may not fit.
   std::int64_t numel() const {
     std::int64_t n = 1;
-    for (int d = 0; d < rank; ++d) n *= size(d);
+    for (int d = 0; d < rank && d < kMaxRank; ++d) {
+      if (__builtin_mul_overflow(n, size(d), &n)) return INT64_MAX;
+    }
     return n;
   }
   bool is_contiguous() const {

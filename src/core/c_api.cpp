@@ -19,13 +19,34 @@ using namespace fusedmoe;
 
 thread_local std::string g_last_error;
 
-fusedmoe_status fail(const Status& s) {
-  g_last_error = s.to_string();
+// Records the message; when even that cannot be allocated, a short one that needs no memory
+// (it fits the string's own buffer). Nothing may throw out of a C entry point.
+void set_last_error(const Status& s) noexcept {
+  try {
+    g_last_error = s.to_string();
+  } catch (...) {
+    g_last_error.clear();
+    g_last_error = "out of memory";
+  }
+}
+
+fusedmoe_status fail(const Status& s) noexcept {
+  set_last_error(s);
   return static_cast<fusedmoe_status>(s.code());
 }
 
-fusedmoe_status fail(StatusCode code, std::string message) {
-  return fail(Status{code, std::move(message)});
+fusedmoe_status fail_out_of_memory() noexcept {
+  g_last_error.clear();
+  g_last_error = "out of memory";
+  return FUSEDMOE_OUT_OF_MEMORY;
+}
+
+fusedmoe_status fail(StatusCode code, const char* message) noexcept {
+  try {
+    return fail(Status{code, message});
+  } catch (...) {
+    return fail_out_of_memory();
+  }
 }
 
 template <class Fn>
@@ -35,7 +56,7 @@ fusedmoe_status guarded(Fn fn) {
     if (!s.ok()) return fail(s);
     return FUSEDMOE_OK;
   } catch (const std::bad_alloc&) {
-    return fail(StatusCode::out_of_memory, "allocation failed");
+    return fail_out_of_memory();
   } catch (const std::exception& e) {
     return fail(StatusCode::invalid_argument, e.what());
   } catch (...) {

@@ -1,5 +1,6 @@
 #include "core/check.hpp"
 
+#include <limits>
 #include <string>
 
 namespace fusedmoe::core {
@@ -53,7 +54,21 @@ Status check_tensor(const ConstTensorRef& t, const TensorSpec& spec) {
                                              std::to_string(d) + "; strides must be >= 0"};
     }
   }
-  if (spec.unit_inner_stride && rank > 0 && t.size(rank - 1) > 1 && t.stride(rank - 1) != 1) {
+  // The last element's byte offset must fit: no buffer is larger, and the kernels' address
+  // arithmetic would overflow.
+  std::int64_t last = 0;
+  bool fits = true;
+  for (d = 0; d < t.rank && fits && t.numel() > 0; ++d) {
+    std::int64_t span = 0;
+    fits = !__builtin_mul_overflow(t.size(d) - 1, t.stride(d), &span) &&
+           !__builtin_add_overflow(last, span, &last);
+  }
+  if (!fits || last > std::numeric_limits<std::int64_t>::max() / 16) {
+    return {StatusCode::invalid_shape,
+            name + " " + describe(t) + " with these strides spans more memory than can exist"};
+  }
+  if (spec.unit_inner_stride && rank > 0 && t.numel() > 0 && t.size(rank - 1) > 1 &&
+      t.stride(rank - 1) != 1) {  // an empty tensor's strides mean nothing (DLPack may give 0)
     return {StatusCode::invalid_shape, name + " must have contiguous rows (stride(" +
                                            std::to_string(rank - 1) + ") == 1), got stride " +
                                            std::to_string(t.stride(rank - 1))};

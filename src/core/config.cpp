@@ -126,6 +126,11 @@ Status validate(const LayerConfig& c) {
     default:
       return {StatusCode::invalid_argument, "activation is not an Activation"};
   }
+  // Unused by the other activations, but NaN would make the config unequal to itself, and
+  // Layer::create compares the packed weights' config with the one it is given.
+  if (std::isnan(c.swiglu_limit) || std::isnan(c.swiglu_alpha)) {
+    return {StatusCode::invalid_argument, "swiglu_limit and swiglu_alpha must not be NaN"};
+  }
   if (c.activation == Activation::swiglu_oss &&
       (!std::isfinite(c.swiglu_limit) || c.swiglu_limit <= 0 || !std::isfinite(c.swiglu_alpha))) {
     return {StatusCode::invalid_argument,

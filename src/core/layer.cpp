@@ -1,6 +1,7 @@
 #include "fusedmoe/layer.hpp"
 
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <string>
 #include <vector>
@@ -36,7 +37,12 @@ Result<Layer> Layer::create(const LayerConfig& config, PackedWeights&& weights) 
     return Status{StatusCode::unsupported_arch,
                   "the " + std::string(to_string(weights.backend())) + " backend is not available"};
   }
-  auto impl = std::make_unique<Impl>();
+  std::unique_ptr<Impl> impl;
+  try {
+    impl = std::make_unique<Impl>();
+  } catch (const std::bad_alloc&) {
+    return Status{StatusCode::out_of_memory, "allocating the layer failed"};
+  }
   impl->config = config;
   impl->weights = std::move(weights);
   impl->ops = ops;
@@ -46,8 +52,20 @@ Result<Layer> Layer::create(const LayerConfig& config, PackedWeights&& weights) 
 const LayerConfig& Layer::config() const { return impl_->config; }
 Backend Layer::backend() const { return impl_->ops->kind(); }
 
+namespace {
+
+// The backends index the T·k routing slots with int32; a larger T could have no workspace anyway
+// (and its size arithmetic would overflow).
+bool too_many_tokens(const LayerConfig& c, std::int64_t tokens) {
+  return tokens > std::numeric_limits<std::int32_t>::max() / c.top_k;
+}
+
+}  // namespace
+
 std::size_t Layer::workspace_size(std::int64_t tokens) const {
-  return tokens <= 0 ? 0 : impl_->ops->workspace_size(impl_->config, tokens);
+  if (tokens <= 0) return 0;
+  if (too_many_tokens(impl_->config, tokens)) return std::numeric_limits<std::size_t>::max();
+  return impl_->ops->workspace_size(impl_->config, tokens);
 }
 
 std::int64_t Layer::take_invalid_id_count() const {
@@ -66,6 +84,11 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
   }
   const std::int64_t t = a.x.size(0), k = c.top_k;
   FUSEDMOE_RETURN_IF_ERROR(core::check_tensor(a.x, {"x", {t, c.hidden}, {c.dtype}, dev, true}));
+  if (too_many_tokens(c, t)) {
+    return {StatusCode::invalid_shape,
+            "x has " + std::to_string(t) +
+                " rows: T · top_k must be below 2^31, got top_k = " + std::to_string(k)};
+  }
   const DType out_dtype = ops.writes_f32_out() && a.out.dtype == DType::f32 ? DType::f32 : c.dtype;
   FUSEDMOE_RETURN_IF_ERROR(
       core::check_tensor(a.out, {"out", {t, c.hidden}, {out_dtype}, dev, true}));

@@ -37,6 +37,7 @@ std::string to_string(Device device) {
 
 std::string describe(const ConstTensorRef& t) {
   if (!t.present()) return "absent";
+  if (t.rank < 0 || t.rank > kMaxRank) return "rank " + std::to_string(t.rank) + " (not in [0, 4])";
   std::string s = "[";
   for (int d = 0; d < t.rank; ++d) {
     if (d > 0) s += ", ";

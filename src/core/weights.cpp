@@ -56,10 +56,10 @@ Result<PackedWeights> pack_weights(const LayerConfig& config, const WeightSet& w
                                                     " backend is not available in this build "
                                                     "or on this machine"};
   }
-  Result<core::WeightSource> source =
-      core::WeightSource::create(config, weights, ops->weights_device());
-  if (!source.ok()) return source.status();
   try {
+    Result<core::WeightSource> source =
+        core::WeightSource::create(config, weights, ops->weights_device());
+    if (!source.ok()) return source.status();
     auto packed = ops->pack(config, source.value());
     if (!packed.ok()) return packed.status();
     return PackedWeights(std::move(packed).value());

@@ -11,7 +11,9 @@
 //   GEMM2    per (expert, block of H): y = w · (act · W2ᵀ + b2), f32
 //   combine  per token: out = Σ_j y[slot j] (in slot order) + gate · shared, rounded once
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "core/activation.hpp"
@@ -220,12 +222,21 @@ class CpuBackend final : public core::BackendOps {
                                                     const core::WeightSource& src) const override {
     auto w = std::make_unique<CpuWeights>(Backend::cpu, c);
     w->experts.resize(static_cast<std::size_t>(c.experts));
+    // An exception must not leave an OpenMP region (that terminates the process): a failed
+    // allocation is noted and rethrown after it, for pack_weights to report.
+    std::atomic<bool> out_of_memory{false};
 #pragma omp parallel for schedule(dynamic, 1)
     for (std::int64_t e = 0; e < c.experts; ++e) {
-      w->experts[static_cast<std::size_t>(e)] =
-          pack_expert(c, src.gate(e), src.up(e), src.down(e), src.gate_bias(e), src.up_bias(e),
-                      src.down_bias(e));
+      if (out_of_memory.load(std::memory_order_relaxed)) continue;
+      try {
+        w->experts[static_cast<std::size_t>(e)] =
+            pack_expert(c, src.gate(e), src.up(e), src.down(e), src.gate_bias(e), src.up_bias(e),
+                        src.down_bias(e));
+      } catch (const std::bad_alloc&) {
+        out_of_memory = true;
+      }
     }
+    if (out_of_memory) throw std::bad_alloc();
     if (c.shared.intermediate > 0) {
       w->shared = pack_expert(c, src.shared_gate(), src.shared_up(), src.shared_down(), {}, {}, {});
     }
@@ -255,7 +266,11 @@ class CpuBackend final : public core::BackendOps {
         static_cast<double>(h * (3 * k * c.intermediate + 3 * c.shared.intermediate + e_count));
     const bool threaded = flops >= kThreadedFlops;
 
-    route(kern, w, a, buf, threaded);
+    // The only stage that allocates (per-thread scratch), and it does so before writing anything
+    // the caller owns.
+    if (!route(kern, w, a, buf, threaded)) {
+      return {StatusCode::out_of_memory, "forward: allocating the routing scratch failed"};
+    }
     const std::int64_t invalid = align(c, t_count, buf);
     packed.invalid_ids += invalid;
 
@@ -299,7 +314,8 @@ class CpuBackend final : public core::BackendOps {
   }
 
  private:
-  static void route(const Kernels& kern, const CpuWeights& w, const ForwardArgs& a,
+  // False when a thread could not allocate its scratch; then nothing the caller owns is written.
+  static bool route(const Kernels& kern, const CpuWeights& w, const ForwardArgs& a,
                     const Buffers& buf, bool threaded) {
     const LayerConfig& c = w.config;
     const std::int64_t t_count = a.x.size(0), k = c.top_k, e_count = c.experts, h = c.hidden;
@@ -317,36 +333,45 @@ class CpuBackend final : public core::BackendOps {
                       static_cast<int>(router_rows), h, buf.logits + t0 * l + (l - router_rows), l);
       }
     }
+    std::atomic<bool> out_of_memory{false};
 #pragma omp parallel if (threaded)
     {
       thread_local std::vector<float> real_scratch;
       thread_local std::vector<std::int32_t> index_scratch;
-      real_scratch.resize(static_cast<std::size_t>(core::kRouteRealScratch * e_count));
-      index_scratch.resize(static_cast<std::size_t>(core::kRouteIndexScratch * e_count));
+      try {
+        real_scratch.resize(static_cast<std::size_t>(core::kRouteRealScratch * e_count));
+        index_scratch.resize(static_cast<std::size_t>(core::kRouteIndexScratch * e_count));
+      } catch (const std::bad_alloc&) {
+        out_of_memory = true;  // an exception must not leave the region
+      }
+#pragma omp barrier
+      if (!out_of_memory) {
 #pragma omp for schedule(static)
-      for (std::int64_t t = 0; t < t_count; ++t) {
-        std::int32_t* ids = buf.ids + t * k;
-        float* weights = buf.weights + t * k;
-        if (precomputed) {
+        for (std::int64_t t = 0; t < t_count; ++t) {
+          std::int32_t* ids = buf.ids + t * k;
+          float* weights = buf.weights + t * k;
+          if (precomputed) {
+            for (std::int64_t j = 0; j < k; ++j) {
+              ids[j] = at2<std::int32_t>(a.topk_ids, t, j);
+              weights[j] = at2<float>(a.topk_weights, t, j);
+            }
+          } else {
+            float* logits = buf.logits + t * l;
+            if (!w.router_bias.empty()) {
+              for (std::int64_t e = 0; e < e_count; ++e) logits[e] += w.router_bias[e];
+            }
+            core::route_token<float>(c.routing, e_count, k, logits,
+                                     w.correction_bias.empty() ? nullptr : w.correction_bias.data(),
+                                     real_scratch.data(), index_scratch.data(), ids, weights);
+          }
           for (std::int64_t j = 0; j < k; ++j) {
-            ids[j] = at2<std::int32_t>(a.topk_ids, t, j);
-            weights[j] = at2<float>(a.topk_weights, t, j);
+            if (a.ids_out.present()) at2<std::int32_t>(a.ids_out, t, j) = ids[j];
+            if (a.weights_out.present()) at2<float>(a.weights_out, t, j) = weights[j];
           }
-        } else {
-          float* logits = buf.logits + t * l;
-          if (!w.router_bias.empty()) {
-            for (std::int64_t e = 0; e < e_count; ++e) logits[e] += w.router_bias[e];
-          }
-          core::route_token<float>(c.routing, e_count, k, logits,
-                                   w.correction_bias.empty() ? nullptr : w.correction_bias.data(),
-                                   real_scratch.data(), index_scratch.data(), ids, weights);
-        }
-        for (std::int64_t j = 0; j < k; ++j) {
-          if (a.ids_out.present()) at2<std::int32_t>(a.ids_out, t, j) = ids[j];
-          if (a.weights_out.present()) at2<float>(a.weights_out, t, j) = weights[j];
         }
       }
     }
+    return !out_of_memory;
   }
 
   // Counts tokens per expert and places each (token, slot) in expert order, token order inside
@@ -415,25 +440,27 @@ class CpuBackend final : public core::BackendOps {
   static void combine(const LayerConfig& c, std::int64_t t_count, const ForwardArgs& a,
                       const Buffers& buf, bool threaded) {
     const std::int64_t h = c.hidden, k = c.top_k;
-#pragma omp parallel if (threaded)
-    {
-      thread_local std::vector<float> acc;
-      acc.resize(static_cast<std::size_t>(h));
-#pragma omp for schedule(static)
-      for (std::int64_t t = 0; t < t_count; ++t) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
+    // Columns per pass: the accumulator lives on the stack, so combine cannot fail. Each element
+    // is summed in the same order whatever the chunking.
+    constexpr std::int64_t kChunk = 512;
+#pragma omp parallel for schedule(static) if (threaded)
+    for (std::int64_t t = 0; t < t_count; ++t) {
+      float acc[kChunk];
+      for (std::int64_t h0 = 0; h0 < h; h0 += kChunk) {
+        const std::int64_t n = std::min(kChunk, h - h0);
+        std::fill(acc, acc + n, 0.0f);
         for (std::int64_t j = 0; j < k; ++j) {
           const std::int32_t p = buf.pos[t * k + j];
           if (p < 0) continue;
-          const float* y = buf.y + static_cast<std::int64_t>(p) * h;
-          for (std::int64_t i = 0; i < h; ++i) acc[i] += y[i];
+          const float* y = buf.y + static_cast<std::int64_t>(p) * h + h0;
+          for (std::int64_t i = 0; i < n; ++i) acc[i] += y[i];
         }
         if (buf.shared_y != nullptr) {
-          const float* y = buf.shared_y + t * h;
-          for (std::int64_t i = 0; i < h; ++i) acc[i] += y[i];
+          const float* y = buf.shared_y + t * h + h0;
+          for (std::int64_t i = 0; i < n; ++i) acc[i] += y[i];
         }
-        const std::int64_t row = t * a.out.stride(0);
-        for (std::int64_t i = 0; i < h; ++i) core::store_f32(c.dtype, a.out.data, row + i, acc[i]);
+        const std::int64_t row = t * a.out.stride(0) + h0;
+        for (std::int64_t i = 0; i < n; ++i) core::store_f32(c.dtype, a.out.data, row + i, acc[i]);
       }
     }
   }

@@ -4,6 +4,8 @@
 // the fast paths (core/routing.hpp, core/activation.hpp), which have hand-computed tests of their
 // own.
 #include <algorithm>
+#include <atomic>
+#include <new>
 #include <vector>
 
 #include "core/activation.hpp"
@@ -135,82 +137,100 @@ class ReferenceBackend final : public core::BackendOps {
     const std::int64_t inter = c.intermediate, shared_inter = c.shared.intermediate;
     std::int64_t invalid = 0;
 
-#pragma omp parallel for schedule(dynamic, 1) reduction(+ : invalid)
-    for (std::int64_t t = 0; t < tokens; ++t) {
-      std::vector<double> x(static_cast<std::size_t>(h_dim)), acc(x.size()), y(x.size());
-      std::vector<double> act(static_cast<std::size_t>(std::max(inter, shared_inter)));
-      std::vector<double> logits(static_cast<std::size_t>(e_count));
-      std::vector<double> real_scratch(static_cast<std::size_t>(core::kRouteRealScratch * e_count));
-      std::vector<std::int32_t> index_scratch(
-          static_cast<std::size_t>(core::kRouteIndexScratch * e_count));
-      std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
-      std::vector<float> weights(static_cast<std::size_t>(k));
+    // Per-thread scratch, allocated before anything is written: an exception must not leave an
+    // OpenMP region (that terminates the process), and a failed call writes nothing.
+    std::atomic<bool> out_of_memory{false};
+#pragma omp parallel reduction(+ : invalid)
+    {
+      std::vector<double> x, acc, y, act, logits, real_scratch;
+      std::vector<std::int32_t> index_scratch, ids;
+      std::vector<float> weights;
+      try {
+        x.resize(static_cast<std::size_t>(h_dim));
+        acc.resize(x.size());
+        y.resize(x.size());
+        act.resize(static_cast<std::size_t>(std::max(inter, shared_inter)));
+        logits.resize(static_cast<std::size_t>(e_count));
+        real_scratch.resize(static_cast<std::size_t>(core::kRouteRealScratch * e_count));
+        index_scratch.resize(static_cast<std::size_t>(core::kRouteIndexScratch * e_count));
+        ids.resize(static_cast<std::size_t>(k));
+        weights.resize(static_cast<std::size_t>(k));
+      } catch (const std::bad_alloc&) {
+        out_of_memory = true;
+      }
+#pragma omp barrier
+      if (!out_of_memory) {
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t t = 0; t < tokens; ++t) {
+          for (std::int64_t h = 0; h < h_dim; ++h) {
+            x[h] = load_f32(c.dtype, a.x.data, t * a.x.stride(0) + h);
+          }
+          if (c.routing.kind == RoutingKind::precomputed) {
+            for (std::int64_t j = 0; j < k; ++j) {
+              ids[j] = static_cast<const std::int32_t*>(
+                  a.topk_ids.data)[t * a.topk_ids.stride(0) + j * a.topk_ids.stride(1)];
+              weights[j] = static_cast<const float*>(
+                  a.topk_weights.data)[t * a.topk_weights.stride(0) + j * a.topk_weights.stride(1)];
+            }
+          } else {
+            for (std::int64_t e = 0; e < e_count; ++e) {
+              double l = 0;
+              for (std::int64_t h = 0; h < h_dim; ++h) l += x[h] * double{w.router[e * h_dim + h]};
+              logits[e] = l + (w.router_bias.empty() ? 0.0 : double{w.router_bias[e]});
+            }
+            core::route_token<double>(
+                c.routing, e_count, k, logits.data(),
+                w.correction_bias.empty() ? nullptr : w.correction_bias.data(), real_scratch.data(),
+                index_scratch.data(), ids.data(), weights.data());
+          }
 
-      for (std::int64_t h = 0; h < h_dim; ++h) {
-        x[h] = load_f32(c.dtype, a.x.data, t * a.x.stride(0) + h);
-      }
-      if (c.routing.kind == RoutingKind::precomputed) {
-        for (std::int64_t j = 0; j < k; ++j) {
-          ids[j] = static_cast<const std::int32_t*>(
-              a.topk_ids.data)[t * a.topk_ids.stride(0) + j * a.topk_ids.stride(1)];
-          weights[j] = static_cast<const float*>(
-              a.topk_weights.data)[t * a.topk_weights.stride(0) + j * a.topk_weights.stride(1)];
-        }
-      } else {
-        for (std::int64_t e = 0; e < e_count; ++e) {
-          double l = 0;
-          for (std::int64_t h = 0; h < h_dim; ++h) l += x[h] * double{w.router[e * h_dim + h]};
-          logits[e] = l + (w.router_bias.empty() ? 0.0 : double{w.router_bias[e]});
-        }
-        core::route_token<double>(c.routing, e_count, k, logits.data(),
-                                  w.correction_bias.empty() ? nullptr : w.correction_bias.data(),
-                                  real_scratch.data(), index_scratch.data(), ids.data(),
-                                  weights.data());
-      }
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (std::int64_t j = 0; j < k; ++j) {
+            const std::int64_t e = ids[j];
+            if (e < 0 || e >= e_count) {
+              ++invalid;  // only precomputed ids can be out of range
+              continue;
+            }
+            const bool bias = c.expert_bias;
+            expert_mlp(c, x.data(), inter, row_ptr(w.gate, c.dtype, e * inter, h_dim),
+                       row_ptr(w.up, c.dtype, e * inter, h_dim),
+                       row_ptr(w.down, c.dtype, e * h_dim, inter),
+                       bias ? &w.gate_bias[e * inter] : nullptr,
+                       bias ? &w.up_bias[e * inter] : nullptr,
+                       bias ? &w.down_bias[e * h_dim] : nullptr, act.data(), y.data());
+            for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += double{weights[j]} * y[h];
+          }
+          if (shared_inter > 0) {
+            expert_mlp(c, x.data(), shared_inter, w.shared_gate.data(), w.shared_up.data(),
+                       w.shared_down.data(), nullptr, nullptr, nullptr, act.data(), y.data());
+            double gate = 1.0;
+            if (c.shared.gated) {
+              double g = 0;
+              for (std::int64_t h = 0; h < h_dim; ++h) g += x[h] * double{w.shared_gate_weight[h]};
+              gate = core::sigmoid(g);
+            }
+            for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += gate * y[h];
+          }
 
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (std::int64_t j = 0; j < k; ++j) {
-        const std::int64_t e = ids[j];
-        if (e < 0 || e >= e_count) {
-          ++invalid;  // only precomputed ids can be out of range
-          continue;
-        }
-        const bool bias = c.expert_bias;
-        expert_mlp(c, x.data(), inter, row_ptr(w.gate, c.dtype, e * inter, h_dim),
-                   row_ptr(w.up, c.dtype, e * inter, h_dim),
-                   row_ptr(w.down, c.dtype, e * h_dim, inter),
-                   bias ? &w.gate_bias[e * inter] : nullptr, bias ? &w.up_bias[e * inter] : nullptr,
-                   bias ? &w.down_bias[e * h_dim] : nullptr, act.data(), y.data());
-        for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += double{weights[j]} * y[h];
-      }
-      if (shared_inter > 0) {
-        expert_mlp(c, x.data(), shared_inter, w.shared_gate.data(), w.shared_up.data(),
-                   w.shared_down.data(), nullptr, nullptr, nullptr, act.data(), y.data());
-        double gate = 1.0;
-        if (c.shared.gated) {
-          double g = 0;
-          for (std::int64_t h = 0; h < h_dim; ++h) g += x[h] * double{w.shared_gate_weight[h]};
-          gate = core::sigmoid(g);
-        }
-        for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += gate * y[h];
-      }
-
-      for (std::int64_t h = 0; h < h_dim; ++h) {
-        core::store_f32(a.out.dtype, a.out.data, t * a.out.stride(0) + h,
-                        static_cast<float>(acc[h]));
-      }
-      for (std::int64_t j = 0; j < k; ++j) {
-        if (a.ids_out.present()) {
-          static_cast<std::int32_t*>(
-              a.ids_out.data)[t * a.ids_out.stride(0) + j * a.ids_out.stride(1)] = ids[j];
-        }
-        if (a.weights_out.present()) {
-          static_cast<float*>(
-              a.weights_out.data)[t * a.weights_out.stride(0) + j * a.weights_out.stride(1)] =
-              weights[j];
+          for (std::int64_t h = 0; h < h_dim; ++h) {
+            core::store_f32(a.out.dtype, a.out.data, t * a.out.stride(0) + h,
+                            static_cast<float>(acc[h]));
+          }
+          for (std::int64_t j = 0; j < k; ++j) {
+            if (a.ids_out.present()) {
+              static_cast<std::int32_t*>(
+                  a.ids_out.data)[t * a.ids_out.stride(0) + j * a.ids_out.stride(1)] = ids[j];
+            }
+            if (a.weights_out.present()) {
+              static_cast<float*>(
+                  a.weights_out.data)[t * a.weights_out.stride(0) + j * a.weights_out.stride(1)] =
+                  weights[j];
+            }
+          }
         }
       }
     }
+    if (out_of_memory) return {StatusCode::out_of_memory, "reference forward ran out of memory"};
     packed.invalid_ids += invalid;
     return {};
   }

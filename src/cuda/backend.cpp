@@ -7,7 +7,9 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -124,9 +126,8 @@ Status pack_set(const LayerConfig& c, std::int64_t count, std::int64_t inter, Ex
     const std::int64_t n = std::min(batch, count - e0);
     gu_host.assign(gu_bytes * static_cast<std::size_t>(n), std::byte{0});
     dn_host.assign(dn_bytes * static_cast<std::size_t>(n), std::byte{0});
-#pragma omp parallel for schedule(dynamic, 1)
-    for (std::int64_t j = 0; j < n; ++j) {
-      const std::int64_t e = e0 + j;
+    // Packs expert e into slot j of the host batch.
+    const auto pack_one = [&](std::int64_t e, std::int64_t j) {
       std::byte* gu = gu_host.data() + gu_bytes * static_cast<std::size_t>(j);
       const core::MatrixView g = gate(e), u = up(e), d = down(e);
       for (std::int64_t i = 0; i < inter; ++i) {
@@ -147,7 +148,20 @@ Status pack_set(const LayerConfig& c, std::int64_t count, std::int64_t inter, Ex
       if (bias) {
         for (std::int64_t h = 0; h < c.hidden; ++h) dn_bias[e * hp + h] = down_bias(e).at(0, h);
       }
+    };
+    // An exception must not leave an OpenMP region (that terminates the process): a failed
+    // allocation is noted and rethrown after it, for pack_weights to report.
+    std::atomic<bool> out_of_memory{false};
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t j = 0; j < n; ++j) {
+      if (out_of_memory.load(std::memory_order_relaxed)) continue;
+      try {
+        pack_one(e0 + j, j);
+      } catch (const std::bad_alloc&) {
+        out_of_memory = true;
+      }
     }
+    if (out_of_memory) throw std::bad_alloc();
     FUSEDMOE_RETURN_IF_ERROR(set.gate_up.upload(gu_host.data(), gu_host.size(),
                                                 gu_bytes * static_cast<std::size_t>(e0)));
     FUSEDMOE_RETURN_IF_ERROR(

@@ -22,7 +22,18 @@ int count() {
   return n;
 }
 
+namespace {
+
+// The same answer as a build without CUDA when there is no usable GPU (no device, no driver).
+Status require_gpu() {
+  if (count() > 0) return {};
+  return {StatusCode::unsupported_arch, "no CUDA GPU is available on this machine"};
+}
+
+}  // namespace
+
 Result<Info> info(int index) {
+  if (Status s = require_gpu(); !s.ok()) return s;
   cudaDeviceProp prop{};
   FUSEDMOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
   Info i;
@@ -37,6 +48,7 @@ Result<Info> info(int index) {
 }
 
 Result<Buffer> Buffer::allocate(std::size_t bytes) {
+  if (Status s = require_gpu(); !s.ok()) return s;
   Buffer b;
   if (bytes > 0) FUSEDMOE_CUDA_CHECK(cudaMalloc(&b.data_, bytes));
   b.bytes_ = bytes;
@@ -87,6 +99,7 @@ Status Buffer::fill(std::uint8_t value) {
 }
 
 Result<Stream> Stream::create() {
+  if (Status st = require_gpu(); !st.ok()) return st;
   Stream s;
   cudaStream_t h = nullptr;
   FUSEDMOE_CUDA_CHECK(cudaStreamCreateWithFlags(&h, cudaStreamNonBlocking));
@@ -194,6 +207,7 @@ double best_of(const std::vector<double>& v) { return *std::min_element(v.begin(
 }  // namespace
 
 Result<double> measure_read_bandwidth() {
+  if (Status s = require_gpu(); !s.ok()) return s;
   constexpr std::size_t kBytes = std::size_t{4} << 30;
   auto buf = Buffer::allocate(kBytes + 256);
   if (!buf.ok()) return buf.status();
@@ -216,6 +230,7 @@ Result<double> measure_read_bandwidth() {
 }
 
 Result<double> measure_bf16_gemm_rate() {
+  if (Status s = require_gpu(); !s.ok()) return s;
   constexpr int kN = 8192;
   constexpr std::size_t kElems = static_cast<std::size_t>(kN) * kN;
   auto buf = Buffer::allocate(3 * kElems * sizeof(__nv_bfloat16));

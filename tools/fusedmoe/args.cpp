@@ -35,6 +35,9 @@ enum class Flag : std::uint8_t {
   reference_all,
   json,
   quiet,
+  weights,
+  layer,
+  arch,
 };
 
 // Which commands accept a flag, as a bit set.
@@ -75,6 +78,9 @@ constexpr std::array kFlags = {
     FlagSpec{"--reference-all", Flag::reference_all, false, kBench},
     FlagSpec{"--json", Flag::json, true, kRun | kBench},
     FlagSpec{"--quiet", Flag::quiet, false, kRun | kBench},
+    FlagSpec{"--weights", Flag::weights, true, kRun | kVerify},
+    FlagSpec{"--layer", Flag::layer, true, kRun | kVerify},
+    FlagSpec{"--arch", Flag::arch, true, kRun | kVerify},
 };
 
 template <class T>
@@ -359,6 +365,7 @@ class Parser {
       case Flag::backend:
         return parse_choice(flag, value, kBackends, &options_.backend);
       case Flag::dtype:
+        options_.dtype_given = true;
         return parse_choice(flag, value, kDTypes, &options_.dtype);
       case Flag::seed:
         return parse_u64(flag, value, &options_.seed);
@@ -383,6 +390,20 @@ class Parser {
         return {};
       case Flag::quiet:
         options_.quiet = true;
+        return {};
+      case Flag::weights:
+        if (value.empty()) return "bad value '' for --weights: expected a checkpoint path";
+        options_.weights_path = std::string(value);
+        return {};
+      case Flag::layer:
+        return parse_int(flag, value, 0, kMaxLayer, &options_.layer);
+      case Flag::arch:
+        options_.arch = parse_architecture(value);
+        if (!options_.arch) {
+          return "bad value " + quoted(value) +
+                 " for --arch: expected mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3 or "
+                 "gpt_oss";
+        }
         return {};
     }
     return "internal error: unhandled flag " + std::string(flag);
@@ -502,8 +523,30 @@ class Parser {
     return {};
   }
 
+  // --weights, --layer and --arch go together; the checkpoint's router replaces --skew.
+  std::string check_checkpoint_flags() {
+    const Options& o = options_;
+    if (o.weights_path.empty()) {
+      if (o.layer >= 0 || o.arch) {
+        return std::string(o.layer >= 0 ? "--layer" : "--arch") + " needs --weights PATH" + see();
+      }
+      return {};
+    }
+    if (o.layer < 0) return "--weights needs --layer N (the layer to load)" + see();
+    for (double skew : o.skews) {
+      if (skew > 0)
+        return "--skew replaces the router; with --weights the checkpoint's router runs";
+    }
+    return {};
+  }
+
   std::string finish() {
-    if (std::string error = layer_.first_flag.empty() ? resolve_presets() : resolve_custom_layer();
+    if (std::string error = check_checkpoint_flags(); !error.empty()) return error;
+    // With --weights and neither a preset nor sizes, the layer comes from config.json later.
+    const bool from_checkpoint = !options_.weights_path.empty() && preset_text_.empty();
+    if (std::string error = !layer_.first_flag.empty() ? resolve_custom_layer()
+                            : from_checkpoint          ? std::string()
+                                                       : resolve_presets();
         !error.empty()) {
       return error;
     }
@@ -639,6 +682,19 @@ Inputs:
                            weights)
 )";
 
+// run and verify: a checkpoint's layer instead of random weights.
+constexpr std::string_view kCheckpointHelp = R"(Checkpoint (instead of random weights):
+  --weights PATH           a Hugging Face safetensors checkpoint: a folder with model.safetensors
+                           or model.safetensors.index.json, such an index, or one .safetensors
+                           file; only the one layer's tensors are read
+  --layer N                the layer to load (needed with --weights)
+  --arch A                 mixtral | qwen2_moe | qwen3_moe | olmoe | deepseek_v3 | gpt_oss: the
+                           tensor names (default: config.json's model_type, else the preset's)
+                           The layer's config comes from config.json next to the checkpoint, or
+                           from --preset / explicit sizes when given; its dtype is the stored
+                           weights' unless --dtype says otherwise (a mismatch is an error).
+)";
+
 // What run and bench share about timing.
 constexpr std::string_view kTimingHelp = R"(Timing:
   --reps N                 timed repetitions (default 20 on the CPU, 100 on the GPU)
@@ -675,7 +731,7 @@ Commands:
              "the median with the floor (measured in this run: on the CPU read bandwidth and FMA\n"
              "rate, on the GPU read bandwidth and cuBLAS bf16 rate; GPU times are CUDA "
              "events).\n\n" +
-             std::string(kLayerHelp) + std::string(kTimingHelp) +
+             std::string(kLayerHelp) + std::string(kCheckpointHelp) + std::string(kTimingHelp) +
              R"(Run:
   --tokens T               tokens per batch (default 16)
   --json FILE              append the result to FILE as one JSON line
@@ -688,7 +744,7 @@ Commands:
              "for the dtype, and routing exactly per token (near-ties reported, not failed).\n"
              "Layers too large for this machine's memory run with fewer routed experts (said so\n"
              "in the output). Exit status 1 if any case fails.\n\n" +
-             std::string(kLayerHelp) +
+             std::string(kLayerHelp) + std::string(kCheckpointHelp) +
              R"(Verify:
   --preset NAME,...|all    presets to check (default all)
   --tokens T,...           token counts (default 1,7,64)

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fusedmoe/checkpoint.hpp"
 #include "fusedmoe/config.hpp"
 #include "fusedmoe/tensor.hpp"
 #include "fusedmoe/weights.hpp"
@@ -32,6 +33,7 @@ inline constexpr std::int64_t kMaxHidden = std::int64_t{1} << 17;  // also I and
 inline constexpr std::int64_t kMaxExperts = std::int64_t{1} << 14;
 inline constexpr int kMaxReps = 100000;
 inline constexpr int kMaxWarmup = 1000;
+inline constexpr int kMaxLayer = 100000;  // --layer
 inline constexpr double kMaxSkew = 16.0;
 
 // Repetitions when the command line gives none. CUDA-event timings are cheap and short, so the GPU
@@ -52,6 +54,14 @@ struct Options {
   // explicit layer's dtype is `dtype` below.
   std::vector<std::string> presets;
   std::optional<LayerConfig> custom;
+
+  // run, verify: one layer of a Hugging Face checkpoint instead of random weights. Its config
+  // comes from the checkpoint's config.json unless a preset or explicit sizes are given; its
+  // architecture (tensor names) from --arch, else config.json, else the preset's model.
+  std::string weights_path;
+  int layer = -1;  // with weights_path: the layer to load (>= 0)
+  std::optional<Architecture> arch;
+  bool dtype_given = false;  // --dtype was on the line (else a checkpoint's own dtype is used)
 
   std::vector<std::int64_t> tokens;
   std::vector<double> skews;  // 0: the layer's own router; > 0: Zipf-skewed precomputed routing

@@ -323,3 +323,61 @@ TEST(Args, RandomArgumentsAreHandled) {
 
 }  // namespace
 }  // namespace fusedmoe::cli
+
+namespace fusedmoe::cli {
+namespace {
+
+TEST(ArgsCheckpoint, WeightsLayerAndArch) {
+  const Options o = parse_ok({"run", "--weights", "/models/q", "--layer", "12"});
+  EXPECT_EQ(o.weights_path, "/models/q");
+  EXPECT_EQ(o.layer, 12);
+  EXPECT_FALSE(o.arch.has_value());
+  // The layer's config comes from config.json later: no default preset.
+  EXPECT_TRUE(o.presets.empty());
+  EXPECT_FALSE(o.custom.has_value());
+  EXPECT_FALSE(o.dtype_given);
+
+  const Options v = parse_ok({"verify", "--weights=/m", "--layer=0", "--arch", "qwen2_moe",
+                              "--preset", "qwen1.5-moe-a2.7b", "--dtype", "f16"});
+  EXPECT_EQ(v.arch, Architecture::qwen2_moe);
+  EXPECT_EQ(v.presets, std::vector<std::string>{"qwen1.5-moe-a2.7b"});
+  EXPECT_TRUE(v.dtype_given);
+  EXPECT_EQ(
+      parse_ok({"run", "--weights", "m", "--layer", "1", "--arch", "MixtralForCausalLM"}).arch,
+      Architecture::mixtral);
+}
+
+TEST(ArgsCheckpoint, Errors) {
+  EXPECT_NE(parse_error({"run", "--weights", "m"}).find("--weights needs --layer N"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--layer", "3"}).find("--layer needs --weights"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"verify", "--arch", "olmoe"}).find("--arch needs --weights"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--weights", "m", "--layer", "-1"}).find("out of range"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--weights", "m", "--layer", "x"}).find("expected an integer"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--weights", "m", "--layer", "1", "--arch", "llama"})
+                .find("bad value 'llama' for --arch"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--weights", "", "--layer", "1"}).find("expected a checkpoint"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--weights", "m", "--layer", "1", "--skew", "1.2"})
+                .find("checkpoint's router"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"bench", "--weights", "m"}).find("unknown flag '--weights'"),
+            std::string::npos);
+}
+
+TEST(ArgsCheckpoint, HelpNamesTheFlags) {
+  for (Command c : {Command::run, Command::verify}) {
+    const std::string h = help_text(c);
+    for (const char* flag : {"--weights PATH", "--layer N", "--arch A"}) {
+      EXPECT_NE(h.find(flag), std::string::npos) << command_name(c) << " lacks " << flag;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fusedmoe::cli

@@ -49,6 +49,59 @@ std::vector<LayerCase> selected_layers(const Options& o) {
   return layers;
 }
 
+Result<CheckpointLayer> load_checkpoint_layer(const Options& o, int host_copies) {
+  Result<Checkpoint> ckpt = Checkpoint::open(o.weights_path);
+  if (!ckpt.ok()) return ckpt.status();
+  const Checkpoint& c = ckpt.value();
+  ModelConfig model;
+  const std::vector<LayerCase> given = selected_layers(o);
+  if (!given.empty()) {
+    // --preset or explicit sizes: config.json, when there is one, only names the architecture.
+    model.layer = given.front().config;
+    std::optional<Architecture> arch = o.arch;
+    if (!arch && c.config_json()) {
+      Result<ModelConfig> m = read_model_config(c);
+      if (m.ok()) arch = m->architecture;
+    }
+    if (!arch && !o.presets.empty()) arch = preset_architecture(o.presets.front());
+    if (!arch) {
+      return Status{StatusCode::invalid_argument,
+                    "cannot tell which tensor names " + o.weights_path +
+                        " uses (no config.json with a known model_type): give --arch"};
+    }
+    model.architecture = *arch;
+  } else {
+    if (!c.config_json()) {
+      return Status{StatusCode::invalid_argument,
+                    "no config.json in " + c.directory() +
+                        ": give the layer with --preset or --hidden/--intermediate/--experts/"
+                        "--top-k (and --arch)"};
+    }
+    Result<ModelConfig> m = read_model_config(c, o.arch);
+    if (!m.ok()) return m.status();
+    model = std::move(m).value();
+    if (o.no_shared_expert) model.layer.shared = {};
+  }
+  if (o.dtype_given) {
+    model.layer.dtype = o.dtype;
+  } else if (auto stored = stored_expert_dtype(c, model.architecture, o.layer)) {
+    model.layer.dtype = *stored;
+  }
+  const std::string name =
+      std::string(to_string(model.architecture)) + " layer " + std::to_string(o.layer);
+  // Real layers can be large (deepseek-v3's are 22.6 GB in bf16) and cannot lose experts here.
+  const MemoryFit fit = fit_in_memory(name, model.layer, host_copies);
+  if (!fit.fits || fit.reduced) {
+    const std::size_t cut = fit.note.find("; ");
+    return Status{
+        StatusCode::out_of_memory,
+        fit.note.substr(0, cut) + "; a checkpoint's layer runs whole, so it is not loaded"};
+  }
+  Result<LayerWeights> loaded = load_moe_layer(c, model, o.layer);
+  if (!loaded.ok()) return loaded.status();
+  return CheckpointLayer{name, std::move(loaded).value()};
+}
+
 LayerConfig with_skew(LayerConfig config, double skew) {
   if (skew > 0) {
     config.routing = Routing{};
@@ -237,11 +290,15 @@ void LayerRunner::AlignedDelete::operator()(std::byte* p) const {
 
 Result<LayerRunner> LayerRunner::create(const LayerConfig& config, const HostWeights& weights,
                                         Backend backend, int copies) {
+  return create(config, weights.view(), backend, copies);
+}
+
+Result<LayerRunner> LayerRunner::create(const LayerConfig& config, const WeightSet& view,
+                                        Backend backend, int copies) {
   LayerRunner r;
   r.backend_ = backend;
   // The reference writes f32 (no rounding of its own to hide the other backend's errors).
   r.out_dtype_ = backend == Backend::reference ? DType::f32 : config.dtype;
-  const WeightSet view = weights.view();
   for (int i = 0; i < std::max(copies, 1); ++i) {
     Result<PackedWeights> packed = pack_weights(config, view, backend);
     if (!packed.ok()) return packed.status();

@@ -37,6 +37,19 @@ struct LayerCase {
 // The layers the options name, in order (without their shared expert under --no-shared-expert).
 std::vector<LayerCase> selected_layers(const Options& options);
 
+// ---- a checkpoint's layer ----------------------------------------------------------------------
+
+struct CheckpointLayer {
+  std::string name;      // "qwen3_moe layer 12"
+  LayerWeights weights;  // weights.config is the layer's config
+};
+
+// Options::weights_path's layer Options::layer: the config from --preset or explicit sizes when
+// given, else from config.json; the architecture from --arch, config.json or the preset; the
+// dtype from --dtype or the stored weights. Refused, before anything is read, when
+// `host_copies` copies of the layer's weights do not fit this machine's memory.
+Result<CheckpointLayer> load_checkpoint_layer(const Options& options, int host_copies);
+
 // `config` with Zipf-skewed precomputed routing when skew > 0; unchanged otherwise.
 LayerConfig with_skew(LayerConfig config, double skew);
 
@@ -96,6 +109,8 @@ Result<Workload> make_workload(const LayerConfig& config, std::int64_t tokens, i
 class LayerRunner {
  public:
   static Result<LayerRunner> create(const LayerConfig& config, const HostWeights& weights,
+                                    Backend backend, int copies);
+  static Result<LayerRunner> create(const LayerConfig& config, const WeightSet& weights,
                                     Backend backend, int copies);
 
   Backend backend() const { return backend_; }

@@ -1,5 +1,6 @@
 // `fusedmoe run`: one layer, one token count, timed and compared with its floor.
 #include <cstdio>
+#include <optional>
 
 #include "cases.hpp"
 #include "commands.hpp"
@@ -8,7 +9,7 @@
 namespace fusedmoe::cli {
 
 int run_command(const Options& o, const std::string& command_line) {
-  const LayerCase layer = selected_layers(o).front();
+  const bool from_checkpoint = !o.weights_path.empty();
   const Backend backend = resolve_backend(o.backend);
   const double skew = o.skews.front();
   const std::int64_t tokens = o.tokens.front();
@@ -20,13 +21,25 @@ int run_command(const Options& o, const std::string& command_line) {
     return kExitFailure;
   }
   const Target& target = measured.value();
+  // A checkpoint's layer is loaded once the backend is known to run; its config is its own.
+  std::optional<CheckpointLayer> loaded;
+  if (from_checkpoint) {
+    Result<CheckpointLayer> l = load_checkpoint_layer(o, 2);
+    if (!l.ok()) {
+      std::fprintf(stderr, "fusedmoe: %s\n", l.status().to_string().c_str());
+      return kExitFailure;
+    }
+    loaded = std::move(l).value();
+  }
+  const LayerCase layer =
+      loaded ? LayerCase{loaded->name, loaded->weights.config} : selected_layers(o).front();
 
   const LayerConfig wanted = with_skew(layer.config, skew);
   // Host weights and the packed copy exist together while packing (on the GPU: the copies).
   const int wanted_copies = target.weight_copies(wanted);
   const MemoryFit fit =
       fit_in_memory(layer.name, wanted, 2, target.gpu ? wanted_copies : 0, target.memory_bytes);
-  if (!fit.fits) {
+  if (!fit.fits || (loaded && fit.reduced)) {
     std::fprintf(stderr, "fusedmoe: %s\n", fit.note.c_str());
     return kExitFailure;
   }
@@ -40,8 +53,13 @@ int run_command(const Options& o, const std::string& command_line) {
                             estimate_calls_us(config, tokens, calls, backend, target)},
                            o.quiet);
 
-  progress.start("random weights for " + layer.name);
+  progress.start((loaded ? "loaded " : "random weights for ") + layer.name);
   Result<LayerRunner> runner = [&]() -> Result<LayerRunner> {
+    if (loaded) {
+      progress.finish_step();
+      progress.start("packing for " + std::string(to_string(backend)));
+      return LayerRunner::create(config, loaded->weights.weights, backend, copies);
+    }
     const HostWeights weights =
         HostWeights::random(config, {.seed = o.seed, .fill = Fill::gaussian, .layout = o.layout});
     progress.finish_step();
@@ -71,13 +89,15 @@ int run_command(const Options& o, const std::string& command_line) {
   }
 
   std::printf("fusedmoe run: %s: %s\n", layer.name.c_str(), describe_layer(config).c_str());
+  if (loaded) std::printf("  weights: %s\n", o.weights_path.c_str());
   if (fit.reduced) std::printf("  note: %s\n", fit.note.c_str());
   std::printf("  backend %s; %s, %s\n", std::string(to_string(backend)).c_str(),
               target.device.c_str(), target.details.c_str());
   char routing[64] = "the layer's router";
   if (skew > 0) std::snprintf(routing, sizeof(routing), "Zipf routing s=%g", skew);
+  const WeightLayout layout = loaded ? loaded->weights.weights.experts.layout : o.layout;
   std::printf("  tokens %lld, layout %s, seed %llu, %s; %d input batches x %d weight cop%s\n",
-              static_cast<long long>(tokens), std::string(to_string(o.layout)).c_str(),
+              static_cast<long long>(tokens), std::string(to_string(layout)).c_str(),
               static_cast<unsigned long long>(o.seed), routing, work->batches(), runner->copies(),
               runner->copies() == 1 ? "y" : "ies");
   std::printf("  experts hit: %.1f of %lld per batch (mean)\n", m->experts_hit,

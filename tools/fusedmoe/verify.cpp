@@ -1,6 +1,7 @@
 // `fusedmoe verify`: a backend against the reference on the same weights and inputs.
 #include <cstdio>
 #include <new>
+#include <optional>
 #include <vector>
 
 #include "cases.hpp"
@@ -26,17 +27,18 @@ void print_header() {
               "max_rel", "global", "failures", "routing", "result");
 }
 
-// All token counts and skews of one layer: weights built once, freed on return.
+// All token counts and skews of one layer: weights built once (or `given`: a checkpoint's, which
+// are never cut down), freed on return.
 // `gpu_memory`: bytes of the GPU the backend runs on, 0 for a CPU backend.
 void verify_layer(const Options& o, const LayerCase& layer, Backend backend,
                   std::int64_t gpu_memory, double skew_variant, const std::vector<double>& skews,
-                  Totals& totals) {
+                  Totals& totals, const WeightSet* given = nullptr) {
   const LayerConfig wanted = with_skew(layer.config, skew_variant);
   // Host weights, the packed copy under test and the reference's copy exist at once.
   const MemoryFit fit = fit_in_memory(layer.name, wanted, 3, gpu_memory > 0 ? 1 : 0, gpu_memory);
   if (!fit.note.empty()) std::printf("  note: %s\n", fit.note.c_str());
   const int cases = static_cast<int>(o.tokens.size() * skews.size());
-  if (!fit.fits) {
+  if (!fit.fits || (given != nullptr && fit.reduced)) {
     totals.cases += cases;
     totals.skipped += cases;
     return;
@@ -46,7 +48,10 @@ void verify_layer(const Options& o, const LayerCase& layer, Backend backend,
 
   Result<LayerRunner> test = Status{};
   Result<LayerRunner> ref = Status{};
-  {
+  if (given != nullptr) {
+    test = LayerRunner::create(c, *given, backend, 1);
+    if (test.ok()) ref = LayerRunner::create(c, *given, Backend::reference, 1);
+  } else {
     const HostWeights weights =
         HostWeights::random(c, {.seed = o.seed, .fill = Fill::gaussian, .layout = o.layout});
     test = LayerRunner::create(c, weights, backend, 1);
@@ -129,22 +134,38 @@ int verify_command(const Options& o) {
     const Result<device::Info> info = device::info(0);
     if (info.ok()) gpu_memory = static_cast<std::int64_t>(info->memory_bytes);
   }
-  const std::vector<LayerCase> layers = selected_layers(o);
+  std::optional<CheckpointLayer> loaded;
+  if (!o.weights_path.empty()) {
+    Result<CheckpointLayer> l = load_checkpoint_layer(o, 3);
+    if (!l.ok()) {
+      std::fprintf(stderr, "fusedmoe: %s\n", l.status().to_string().c_str());
+      return kExitFailure;
+    }
+    loaded = std::move(l).value();
+  }
+  const std::vector<LayerCase> layers =
+      loaded ? std::vector<LayerCase>{{loaded->name, loaded->weights.config}} : selected_layers(o);
   std::vector<double> own_router, zipf;
   for (double s : o.skews) (s > 0 ? zipf : own_router).push_back(s);
 
-  const Tolerance tol = tolerance_for(o.dtype);
+  const DType dtype = loaded ? loaded->weights.config.dtype : o.dtype;
+  const WeightLayout layout = loaded ? loaded->weights.weights.experts.layout : o.layout;
+  const Tolerance tol = tolerance_for(dtype);
   std::printf(
       "fusedmoe verify: %s vs reference, %s, layout %s, seed %llu; tolerance atol %g "
       "rtol %g global %g\n",
-      std::string(to_string(backend)).c_str(), std::string(to_string(o.dtype)).c_str(),
-      std::string(to_string(o.layout)).c_str(), static_cast<unsigned long long>(o.seed), tol.atol,
+      std::string(to_string(backend)).c_str(), std::string(to_string(dtype)).c_str(),
+      std::string(to_string(layout)).c_str(), static_cast<unsigned long long>(o.seed), tol.atol,
       tol.rtol, tol.global);
   if (o.no_shared_expert) std::printf("routed experts only: shared experts dropped\n");
   if (backend == Backend::cuda) {
     const Result<device::Info> info = device::info(0);
     if (info.ok())
       std::printf("on %s (inputs and outputs staged in GPU memory)\n", info->name.c_str());
+  }
+  if (loaded) {
+    std::printf("checkpoint %s: %s\n", o.weights_path.c_str(),
+                describe_layer(loaded->weights.config).c_str());
   }
   print_header();
   std::fflush(stdout);
@@ -155,7 +176,8 @@ int verify_command(const Options& o) {
     for (const auto* skews : {&own_router, &zipf}) {
       if (skews->empty()) continue;
       try {
-        verify_layer(o, layer, backend, gpu_memory, skews->front(), *skews, totals);
+        verify_layer(o, layer, backend, gpu_memory, skews->front(), *skews, totals,
+                     loaded ? &loaded->weights.weights : nullptr);
       } catch (const std::bad_alloc&) {
         std::printf("%-20s  FAIL: out of memory building or running the layer\n",
                     layer.name.c_str());
