@@ -4,6 +4,9 @@
 #   bench/gpu/h200.sh sanitize    compute-sanitizer memcheck, racecheck, synccheck on the edge set
 #   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid
 #   bench/gpu/h200.sh peers       bench/peers/peers.py over the same grid
+#   bench/gpu/h200.sh presets     every preset at its real size against the reference (T = 1, 64)
+#   bench/gpu/h200.sh soak        the randomized differential soak on CUDA (SOAK_SECONDS, 600)
+#   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
 # Several steps may be given in one call. The build (build-gpu/) is either carried from the
 # machine that made it or made here when absent.
 set -uo pipefail
@@ -68,6 +71,31 @@ for step in "$@"; do
         --lib build-shared/libfusedmoe.so --commit "$FUSEDMOE_COMMIT" ${PEERS_ARGS:-} \
         --out "$OUT/peers.jsonl" 2>"$OUT/peers.err" | tee "$OUT/peers.txt"
       tail -5 "$OUT/peers.err"
+      ;;
+    presets)
+      log "presets at real size (cuda)"
+      FUSEDMOE_TEST_BACKEND=cuda timeout "${PRESETS_TIMEOUT:-540}" "$BUILD/bin/presets_real_test" \
+        >"$OUT/presets_real_cuda.log" 2>&1
+      echo "exit $? (presets_real_test)" | tee -a "$OUT/summary.txt"
+      grep -E "^\[ (time|note) \]|OK \]|FAILED  \]|PASSED" "$OUT/presets_real_cuda.log" |
+        tee -a "$OUT/summary.txt"
+      ;;
+    soak)
+      log "soak (cuda)"
+      FUSEDMOE_TEST_BACKEND=cuda FUSEDMOE_SOAK_SECONDS="${SOAK_SECONDS:-600}" \
+        FUSEDMOE_SOAK_CASES="${SOAK_CASES:-1000000}" timeout $((${SOAK_SECONDS:-600} + 60)) \
+        "$BUILD/bin/soak_test" >"$OUT/soak_cuda.log" 2>&1
+      echo "exit $? (soak_test)" | tee -a "$OUT/summary.txt"
+      tail -5 "$OUT/soak_cuda.log" | tee -a "$OUT/summary.txt"
+      ;;
+    adversarial)
+      log "adversarial routing under compute-sanitizer memcheck (cuda)"
+      FUSEDMOE_TEST_BACKEND=cuda timeout "${SAN_TIMEOUT:-300}" compute-sanitizer --tool memcheck \
+        --error-exitcode 99 "$BUILD/bin/adversarial_test" --gtest_brief=1 \
+        >"$OUT/sanitizer_adversarial.log" 2>&1
+      echo "exit $? (adversarial memcheck)" | tee -a "$OUT/summary.txt"
+      grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitizer_adversarial.log" | tail -4 |
+        tee -a "$OUT/summary.txt"
       ;;
     info)
       log "device"
