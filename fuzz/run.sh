@@ -10,7 +10,7 @@ seconds=${2:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=$(mktemp -d)
 status=0
-for harness in config_fuzzer forward_fuzzer cli_args_fuzzer; do
+for harness in config_fuzzer forward_fuzzer cli_args_fuzzer checkpoint_fuzzer; do
   bin="$(cd "$build" && pwd)/bin/$harness"
   [[ -x $bin ]] || { echo "missing $bin"; exit 1; }
   mkdir -p "$scratch/$harness"
