@@ -56,6 +56,7 @@ inline std::int64_t extent_elements(const ConstTensorRef& t) {
       return -1;
     }
   }
+  if (last == INT64_MAX) return -1;  // one past the last element would not fit
   return last + 1;
 }
 

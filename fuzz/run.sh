@@ -15,7 +15,9 @@ for harness in config_fuzzer forward_fuzzer cli_args_fuzzer checkpoint_fuzzer; d
   [[ -x $bin ]] || { echo "missing $bin"; exit 1; }
   mkdir -p "$scratch/$harness"
   # One thread: OpenMP's spinning workers only slow a fuzzer down.
+  # A fixed seed (FUSEDMOE_FUZZ_SEED) makes a CI run repeat what a longer local run explored first.
   if (cd "$scratch" && OMP_NUM_THREADS=1 "$bin" -max_total_time="$seconds" -print_final_stats=1 \
+        -seed="${FUSEDMOE_FUZZ_SEED:-1}" \
         -artifact_prefix="$scratch/$harness-" "$scratch/$harness" "$root/fuzz/corpus/$harness" \
         >"$scratch/$harness.log" 2>&1); then
     verdict=ok
