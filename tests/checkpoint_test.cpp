@@ -35,20 +35,6 @@ struct StTensor {
   std::vector<std::byte> data;
 };
 
-std::string st_dtype(DType d) {
-  switch (d) {
-    case DType::bf16:
-      return "BF16";
-    case DType::f16:
-      return "F16";
-    case DType::f32:
-      return "F32";
-    case DType::i32:
-      return "I32";
-  }
-  return "?";
-}
-
 std::string header_json(const std::vector<StTensor>& tensors) {
   std::ostringstream h;
   h << "{\"__metadata__\":{\"format\":\"pt\"}";
@@ -92,7 +78,7 @@ std::vector<std::byte> tensor_bytes(const HostTensor& t) {
 StTensor from_host(std::string name, const HostTensor& t) {
   const ConstTensorRef r = t.cref();
   return {std::move(name),
-          st_dtype(r.dtype),
+          std::string(core::safetensors_name(r.dtype)),
           {r.shape.begin(), r.shape.begin() + r.rank},
           tensor_bytes(t)};
 }
@@ -238,7 +224,7 @@ std::vector<StTensor> layer_tensors(const ArchCase& ac, const HostWeights& w, in
   const std::size_t es = dtype_size(c.dtype);
   const std::string base = "model.layers." + std::to_string(layer) + ".";
   const std::string moe = base + (ac.arch == Architecture::mixtral ? "block_sparse_moe." : "mlp.");
-  const std::string dt = st_dtype(c.dtype);
+  const std::string dt(core::safetensors_name(c.dtype));
   std::vector<StTensor> out;
   if (ac.arch == Architecture::gpt_oss) {
     out.push_back(from_host(moe + "router.weight", w.router));

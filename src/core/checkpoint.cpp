@@ -163,20 +163,6 @@ std::optional<DType> layer_dtype_of(std::string_view safetensors_dtype) {
   return std::nullopt;
 }
 
-std::string_view safetensors_name(DType dtype) {
-  switch (dtype) {
-    case DType::bf16:
-      return "BF16";
-    case DType::f16:
-      return "F16";
-    case DType::f32:
-      return "F32";
-    case DType::i32:
-      return "I32";
-  }
-  return "?";
-}
-
 std::string shape_text(std::span<const std::int64_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -630,7 +616,7 @@ class LayerLoader {
     }
     const std::optional<DType> dtype = layer_dtype_of(t->dtype);
     if (!dtype || (*dtype != layer_dtype_ && !(f32_ok && *dtype == DType::f32))) {
-      std::string expected(safetensors_name(layer_dtype_));
+      std::string expected(core::safetensors_name(layer_dtype_));
       if (f32_ok && layer_dtype_ != DType::f32) expected += " or F32";
       std::string why = dtype ? " (the layer dtype is " + std::string(to_string(layer_dtype_)) + ")"
                               : " (fusedmoe loads bf16, f16 or f32 weights; quantised "

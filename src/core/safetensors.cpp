@@ -203,4 +203,18 @@ Result<std::vector<std::pair<std::string, std::string>>> parse_safetensors_index
   return entries;
 }
 
+std::string_view safetensors_name(DType dtype) {
+  switch (dtype) {
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
+    case DType::f32:
+      return "F32";
+    case DType::i32:
+      return "I32";
+  }
+  return "?";
+}
+
 }  // namespace fusedmoe::core

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fusedmoe/status.hpp"
+#include "fusedmoe/tensor.hpp"
 
 namespace fusedmoe::core {
 
@@ -36,6 +37,9 @@ struct SafetensorsHeader {
   std::vector<SafetensorsEntry> tensors;  // in the header's order
   std::vector<std::pair<std::string, std::string>> metadata;
 };
+
+// The safetensors dtype name of a fusedmoe dtype ("BF16", "F16", "F32", "I32").
+std::string_view safetensors_name(DType dtype);
 
 // Bytes per element of a safetensors dtype name; 0 for a name the format does not define.
 std::size_t safetensors_dtype_size(std::string_view dtype);
