@@ -23,7 +23,7 @@ log() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" | tee -a "$OUT/summ
 
 if [ ! -x "$BUILD/bin/fusedmoe" ]; then
   log "build"
-  cmake -B "$BUILD" -G Ninja -DFUSEDMOE_CUDA=ON -DFUSEDMOE_CUDA_ARCHITECTURES=90-real \
+  cmake -B "$BUILD" -G Ninja -DFUSEDMOE_CUDA=ON -DFUSEDMOE_CUDA_ARCHITECTURES=90a-real \
     >"$OUT/build.log" 2>&1 && cmake --build "$BUILD" -j16 >>"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
 fi

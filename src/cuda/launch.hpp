@@ -62,10 +62,9 @@ struct WeightedGemmArgs {
 Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& args,
                             cudaStream_t stream);
 
-// Sets the shared-memory limits of every GEMM instantiation (once per process and device).
+// Picks the mainloop the device runs (sm_90a wgmma or sm_80 mma.sync) and sets the shared-memory
+// limits of its GEMM instantiations (once per process and device).
 Status prepare_gemm_kernels();
-// Shared memory one GEMM block of `tile` needs (bytes): for tests of the plan.
-std::size_t gemm_smem_bytes(GemmTile tile, bool weighted);
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,
                             int tokens, int logits, int hidden, int slices, float* partial,

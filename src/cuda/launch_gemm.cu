@@ -1,56 +1,90 @@
-// Launchers of the expert GEMMs: the one place where (dtype, tile) become template arguments.
-// Instantiated here and nowhere else: 2 dtypes x 3 tiles x 2 GEMMs.
+// Launchers of the expert GEMMs: the one place where (dtype, tile, mainloop) become template
+// arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 2 sm_90a
+// tiles). On an sm_90 device that runs this build's sm_90a machine code, tiles of 64 rows and more
+// use the wgmma mainloop; everywhere else (and with FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 
 #include "core/check.hpp"
 #include "cuda/cuda_check.hpp"
-#include "cuda/kernels/gemm/sm80/sm80_grouped_gemm_gated.cuh"
-#include "cuda/kernels/gemm/sm80/sm80_grouped_gemm_weighted.cuh"
+#include "cuda/kernels/gemm/grouped_gemm_gated.cuh"
+#include "cuda/kernels/gemm/grouped_gemm_weighted.cuh"
+#include "cuda/kernels/gemm/sm80/grouped_mainloop.cuh"
+#include "cuda/kernels/gemm/sm90/grouped_mainloop.cuh"
 #include "cuda/launch.hpp"
 
 namespace fusedmoe::cuda {
 namespace {
 
-// (BM, BN, warps along M, warps along N, stages) of each GemmTile, for the gated GEMM and for
-// the weighted one (kWeighted), whose A tile holds two planes.
+// The sm_80 tiles: (BM, BN, warps along M, warps along N, stages), for the gated GEMM and for the
+// weighted one (kWeighted), whose A tile holds two planes.
 template <GemmTile kTile, bool kWeighted>
-struct TileShape;
+struct Sm80Shape;
 template <bool kWeighted>
-struct TileShape<GemmTile::m16n64, kWeighted> {
+struct Sm80Shape<GemmTile::m16n64, kWeighted> {
   static constexpr int kBM = 16, kBN = 64, kWarpsM = 1, kWarpsN = 4, kStages = 4;
 };
 template <>
-struct TileShape<GemmTile::m64n128, false> {
+struct Sm80Shape<GemmTile::m64n128, false> {
   static constexpr int kBM = 64, kBN = 128, kWarpsM = 2, kWarpsN = 2, kStages = 3;
 };
 // The weighted GEMM's 96 KB of stages leave room for two blocks per SM: eight warps each keep
 // enough MMAs in flight (four were measured latency-bound on mixtral T = 256).
 template <>
-struct TileShape<GemmTile::m64n128, true> {
+struct Sm80Shape<GemmTile::m64n128, true> {
   static constexpr int kBM = 64, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
 };
 template <bool kWeighted>
-struct TileShape<GemmTile::m128n128, kWeighted> {
+struct Sm80Shape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
 };
 
-template <class Elem, GemmTile kTile, bool kWeighted>
+// The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
+// issues its own cp.async loads and then waits for its MMAs, so a second block on the SM is what
+// overlaps one block's loads with the other's MMAs: the m64n128 tiles keep to ~97 KB of stages
+// for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200): the weighted m64n128 with
+// 4 stages (one block per SM) took 446 us, and deeper rings (up to 9 stages, one block) were
+// slower still for both GEMMs.
+template <GemmTile kTile, bool kWeighted>
+struct Sm90Shape;
+template <bool kWeighted>
+struct Sm90Shape<GemmTile::m64n128, kWeighted> {
+  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 3 : 4;
+};
+template <bool kWeighted>
+struct Sm90Shape<GemmTile::m128n128, kWeighted> {
+  static constexpr int kBM = 128, kBN = 128, kStages = 4;
+};
+
+enum class Path : std::uint8_t { sm80, sm90 };
+
+template <class T, GemmTile kTile, bool kWeighted, Path kPath>
 struct GemmKernel {
-  using S = TileShape<kTile, kWeighted>;
-  using Mainloop = sm80::GroupedMainloop<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN, S::kStages,
-                                         kWeighted ? 2 : 1>;
+  using Elem = T;
+  static constexpr int kPlanes = kWeighted ? 2 : 1;
+  static auto mainloop() {
+    if constexpr (kPath == Path::sm90) {
+      using S = Sm90Shape<kTile, kWeighted>;
+      return sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>{};
+    } else {
+      using S = Sm80Shape<kTile, kWeighted>;
+      return sm80::GroupedMainloop<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN, S::kStages,
+                                   kPlanes>{};
+    }
+  }
+  using Mainloop = decltype(mainloop());
   static constexpr int kThreads = Mainloop::kThreads;
   static constexpr int kSmem = Mainloop::kSmemBytes;
   static auto fn() {
     if constexpr (kWeighted) {
-      return &sm80::sm80_grouped_gemm_weighted<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN,
-                                               S::kStages>;
+      return &grouped_gemm_weighted<Elem, Mainloop>;
     } else {
-      return &sm80::sm80_grouped_gemm_gated<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN,
-                                            S::kStages>;
+      return &grouped_gemm_gated<Elem, Mainloop>;
     }
   }
   static Status prepare() {
@@ -59,6 +93,11 @@ struct GemmKernel {
     return {};
   }
 };
+
+// Whether the wgmma kernels run here: set by prepare_gemm_kernels() before any launch.
+std::atomic<bool> g_wgmma{false};
+
+constexpr bool has_sm90(GemmTile tile) { return tile != GemmTile::m16n64; }
 
 TileList tile_list(const TileArgs& t) {
   TileList l;
@@ -69,10 +108,10 @@ TileList tile_list(const TileArgs& t) {
   return l;
 }
 
-template <class Elem, GemmTile kTile>
+template <class K>
 Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
-  using K = GemmKernel<Elem, kTile, false>;
-  sm80::GatedGemmParams<Elem> p;
+  using Elem = typename K::Elem;
+  GatedGemmParams<Elem> p;
   p.x = static_cast<const Elem*>(a.x);
   p.x_ld = a.x_ld;
   p.x_cols = a.x_cols;
@@ -89,16 +128,16 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.act_ld = a.act_ld;
   p.activation = {static_cast<ActivationKind>(a.activation), a.limit, a.alpha};
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
-                  static_cast<unsigned>(a.n_rows / K::S::kBN));
+                  static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
   K::fn()<<<grid, K::kThreads, K::kSmem, stream>>>(p);
-  FUSEDMOE_CUDA_CHECK_LAUNCH("sm80_grouped_gemm_gated");
+  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_gated");
   return {};
 }
 
-template <class Elem, GemmTile kTile>
+template <class K>
 Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
-  using K = GemmKernel<Elem, kTile, true>;
-  sm80::WeightedGemmParams<Elem> p;
+  using Elem = typename K::Elem;
+  WeightedGemmParams<Elem> p;
   p.act_hi = static_cast<const Elem*>(a.act);
   p.plane_stride = a.act_plane_stride;
   p.act_ld = a.act_ld;
@@ -112,23 +151,32 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.y = a.y;
   p.y_ld = a.y_ld;
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
-                  static_cast<unsigned>(a.n_rows / K::S::kBN));
+                  static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
   K::fn()<<<grid, K::kThreads, K::kSmem, stream>>>(p);
-  FUSEDMOE_CUDA_CHECK_LAUNCH("sm80_grouped_gemm_weighted");
+  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_weighted");
   return {};
 }
 
-// Calls f.template operator()<Elem, kTile>() for the runtime (dtype, tile).
-template <class F>
-Status dispatch(DType dtype, GemmTile tile, F&& f) {
+// Calls f.template operator()<K>() with K = GemmKernel<Elem, kTile, kWeighted, path> for the
+// runtime (dtype, tile, path); `path` falls back to sm80 for tiles without an sm_90a kernel.
+template <bool kWeighted, class F>
+Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
+  const auto by_path = [&]<class Elem, GemmTile kTile>() -> Status {
+    if constexpr (has_sm90(kTile)) {
+      if (path == Path::sm90) {
+        return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm90>>();
+      }
+    }
+    return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm80>>();
+  };
   const auto by_tile = [&]<class Elem>() -> Status {
     switch (tile) {
       case GemmTile::m16n64:
-        return f.template operator()<Elem, GemmTile::m16n64>();
+        return by_path.template operator()<Elem, GemmTile::m16n64>();
       case GemmTile::m64n128:
-        return f.template operator()<Elem, GemmTile::m64n128>();
+        return by_path.template operator()<Elem, GemmTile::m64n128>();
       case GemmTile::m128n128:
-        return f.template operator()<Elem, GemmTile::m128n128>();
+        return by_path.template operator()<Elem, GemmTile::m128n128>();
     }
     return {StatusCode::invalid_argument, "unknown GEMM tile"};
   };
@@ -142,21 +190,40 @@ Status dispatch(DType dtype, GemmTile tile, F&& f) {
   }
 }
 
+Path current_path() { return g_wgmma.load(std::memory_order_relaxed) ? Path::sm90 : Path::sm80; }
+
+// The wgmma kernels run when the device is sm_90 and the loaded machine code is sm_90a (a build
+// without 90a in its architectures loads sm_80 code there, whose wgmma bodies trap).
+Status wgmma_available(int device, bool& available) {
+  available = false;
+  if (const char* env = std::getenv("FUSEDMOE_CUDA_MAINLOOP");
+      env != nullptr && std::string_view(env) == "sm80") {
+    return {};
+  }
+  cudaDeviceProp prop{};
+  FUSEDMOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  if (prop.major != 9 || prop.minor != 0) return {};
+  cudaFuncAttributes attr{};
+  FUSEDMOE_CUDA_CHECK(cudaFuncGetAttributes(
+      &attr, GemmKernel<__nv_bfloat16, GemmTile::m64n128, false, Path::sm90>::fn()));
+  available = attr.binaryVersion == 90;
+  return {};
+}
+
 }  // namespace
 
 Status launch_gated_gemm(DType dtype, GemmTile tile, const GatedGemmArgs& args,
                          cudaStream_t stream) {
   if (args.tiles.capacity == 0) return {};
-  return dispatch(dtype, tile,
-                  [&]<class Elem, GemmTile kTile>() { return gated<Elem, kTile>(args, stream); });
+  return dispatch<false>(dtype, tile, current_path(),
+                         [&]<class K>() { return gated<K>(args, stream); });
 }
 
 Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& args,
                             cudaStream_t stream) {
   if (args.tiles.capacity == 0) return {};
-  return dispatch(dtype, tile, [&]<class Elem, GemmTile kTile>() {
-    return weighted<Elem, kTile>(args, stream);
-  });
+  return dispatch<true>(dtype, tile, current_path(),
+                        [&]<class K>() { return weighted<K>(args, stream); });
 }
 
 Status prepare_gemm_kernels() {
@@ -166,25 +233,21 @@ Status prepare_gemm_kernels() {
   FUSEDMOE_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
   if (prepared_device == device) return {};
-  for (DType dtype : {DType::bf16, DType::f16}) {
-    for (GemmTile tile : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
-      FUSEDMOE_RETURN_IF_ERROR(dispatch(dtype, tile, [&]<class Elem, GemmTile kTile>() -> Status {
-        FUSEDMOE_RETURN_IF_ERROR((GemmKernel<Elem, kTile, false>::prepare()));
-        return GemmKernel<Elem, kTile, true>::prepare();
-      }));
+  bool wgmma = false;
+  FUSEDMOE_RETURN_IF_ERROR(wgmma_available(device, wgmma));
+  for (Path path : {Path::sm80, Path::sm90}) {
+    if (path == Path::sm90 && !wgmma) continue;
+    for (DType dtype : {DType::bf16, DType::f16}) {
+      for (GemmTile tile : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+        const auto prepare = [&]<class K>() { return K::prepare(); };
+        FUSEDMOE_RETURN_IF_ERROR(dispatch<false>(dtype, tile, path, prepare));
+        FUSEDMOE_RETURN_IF_ERROR(dispatch<true>(dtype, tile, path, prepare));
+      }
     }
   }
+  g_wgmma.store(wgmma, std::memory_order_relaxed);
   prepared_device = device;
   return {};
-}
-
-std::size_t gemm_smem_bytes(GemmTile tile, bool weighted) {
-  std::size_t bytes = 0;
-  static_cast<void>(dispatch(DType::bf16, tile, [&]<class Elem, GemmTile kTile>() -> Status {
-    bytes = weighted ? GemmKernel<Elem, kTile, true>::kSmem : GemmKernel<Elem, kTile, false>::kSmem;
-    return {};
-  }));
-  return bytes;
 }
 
 }  // namespace fusedmoe::cuda

@@ -23,6 +23,12 @@ namespace fusedmoe::cuda::sm80 {
 
 template <class Elem, int BM, int BN, int WarpsM, int WarpsN, int Stages, int APlanes>
 struct GroupedMainloop {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static constexpr bool kCompiled = true;  // this compilation pass has the instructions
+#else
+  static constexpr bool kCompiled = false;
+#endif
+  static constexpr int kBM = BM, kBN = BN;
   static constexpr int kBK = 64;
   static constexpr int kThreads = WarpsM * WarpsN * 32;
   static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
@@ -67,9 +73,11 @@ struct GroupedMainloop {
   // that exist; a warp whose rows are all past them skips its MMAs (its accumulators stay 0), so
   // a tile an expert fills only partly leaves tensor time to the other blocks on the SM. (Skipping
   // per m16 fragment inside a warp was measured slower: it breaks the unrolled MMA schedule.)
-  __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], Elem* smem, const ARows& a,
-                                             std::int64_t a_plane_stride, int a_cols, const Elem* b,
-                                             std::int64_t b_ld, int k_tiles, int valid_rows) {
+  __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], void* smem_raw,
+                                             const ARows& a, std::int64_t a_plane_stride,
+                                             int a_cols, const Elem* b, std::int64_t b_ld,
+                                             int k_tiles, int valid_rows) {
+    Elem* smem = static_cast<Elem*>(smem_raw);
 #pragma unroll
     for (int mi = 0; mi < kMI; ++mi) {
 #pragma unroll

@@ -1,0 +1,109 @@
+// GEMM1 of the routed (or shared) experts, with the gated activation in the
+// epilogue:  act[row, i] = activation(x[token(row)] · gate_iᵀ + bg_i, x[token(row)] · up_iᵀ + bu_i)
+//
+// B (one expert's gate and up rows) is packed so that every 16 rows are 8 gate rows then the 8 up
+// rows of the same intermediate columns: the n8 fragments of a warp come in (gate, up) pairs held
+// by the same thread at the same positions, so the activation needs no data exchange. A's rows are
+// token rows of x gathered through the sorted permutation (perm[row] / top_k); without a
+// permutation (shared expert) row r is token r. The activation is written as two 16-bit planes
+// (hi, lo) of act [rows, act_ld] in sorted-row order.
+//
+// Limits: K (hidden) is padded to a multiple of 64 in the packed weights and x's columns past
+// `x_cols` load as zeros; x rows must start 16-byte aligned and x_cols be a multiple of 8 (the
+// launcher stages x otherwise).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/kernels/epilogue/gated_activation.cuh"
+#include "cuda/kernels/scheduler/tile_list.cuh"
+
+namespace fusedmoe::cuda {
+
+template <class Elem>
+struct GatedGemmParams {
+  const Elem* x = nullptr;  // [T, x_ld]
+  std::int64_t x_ld = 0;
+  int x_cols = 0;             // columns of x that exist (H, or H padded when staged)
+  const int* perm = nullptr;  // [rows] sorted row -> token · top_k + slot; nullptr: identity
+  int top_k = 1;
+  TileList tiles;
+  const Elem* w = nullptr;  // [experts][n_rows, k_pad]: interleaved gate/up rows
+  std::int64_t w_expert_stride = 0;
+  int k_pad = 0;                // packed hidden size, a multiple of 64
+  const float* bias = nullptr;  // [experts][n_rows] in the packed order, or nullptr
+  std::int64_t bias_expert_stride = 0;
+  Elem* act_hi = nullptr;  // [rows, act_ld]
+  Elem* act_lo = nullptr;
+  int act_ld = 0;
+  ActivationParams activation;
+};
+
+// Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane.
+template <class Elem, class Mainloop>
+__global__ void __launch_bounds__(Mainloop::kThreads)
+    grouped_gemm_gated(const GatedGemmParams<Elem> p) {
+  if constexpr (!Mainloop::kCompiled) {
+    __trap();
+  } else {
+    constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
+    static_assert(Mainloop::kWarpN % 16 == 0, "each warp holds whole (gate, up) fragment pairs");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+
+    Tile tile;
+    if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
+    const int n0 = static_cast<int>(blockIdx.y) * BN;  // first packed row
+
+    typename Mainloop::ARows a;
+#pragma unroll
+    for (int i = 0; i < Mainloop::kAChunksPerThread; ++i) {
+      const int r = tile.first + Mainloop::chunk_row(i);
+      a.row[i] = nullptr;
+      if (r < tile.rows) {
+        const int sorted = tile.segment_start + r;
+        const int token = p.perm != nullptr ? p.perm[sorted] / p.top_k : sorted;
+        a.row[i] = p.x + token * p.x_ld;
+      }
+    }
+    const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.k_pad;
+    float acc[Mainloop::kMI][Mainloop::kNI][4];
+    Mainloop::run(acc, smem_raw, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK,
+                  tile.rows - tile.first);
+
+    const float* bias =
+        p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+    using Pair = typename Split16<Elem>::Pair;
+#pragma unroll
+    for (int mi = 0; mi < Mainloop::kMI; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // accumulator rows g and g + 8
+        const int r = tile.first + Mainloop::acc_row(mi, half * 2);
+        if (r >= tile.rows) continue;
+        const std::int64_t out_row = static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld;
+#pragma unroll
+        for (int ni = 0; ni < Mainloop::kNI; ni += 2) {
+          const int gate_col = Mainloop::acc_col(ni, 0);  // packed row of the gate value
+          const int up_col = gate_col + 8;
+          float g0 = acc[mi][ni][half * 2], g1 = acc[mi][ni][half * 2 + 1];
+          float u0 = acc[mi][ni + 1][half * 2], u1 = acc[mi][ni + 1][half * 2 + 1];
+          if (bias != nullptr) {
+            g0 += bias[gate_col];
+            g1 += bias[gate_col + 1];
+            u0 += bias[up_col];
+            u1 += bias[up_col + 1];
+          }
+          const float2 v = make_float2(gated_activation(p.activation, g0, u0),
+                                       gated_activation(p.activation, g1, u1));
+          // intermediate column of the pair: 8 columns per 16 packed rows
+          const int col = (n0 + gate_col) / 16 * 8 + (gate_col % 8);
+          Pair hi, lo;
+          Split16<Elem>::split(v, hi, lo);
+          *reinterpret_cast<Pair*>(p.act_hi + out_row + col) = hi;
+          *reinterpret_cast<Pair*>(p.act_lo + out_row + col) = lo;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,87 @@
+// GEMM2 of the routed (or shared) experts, the routing weight applied in the
+// epilogue:  y[row, h] = weight(row) · (act[row] · down_hᵀ + b_h)   (f32 out)
+//
+// A is the activation GEMM1 wrote, as two 16-bit planes (hi + lo) summed against the same B in
+// the mainloop, rows in sorted order (no gather). y rows are sorted rows too; the combine stage
+// reads them back per token in slot order. weight(row) = weights[perm[row]] for routed experts,
+// weights[row] (the shared expert's gate) without a permutation, 1 without weights.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/kernels/scheduler/tile_list.cuh"
+
+namespace fusedmoe::cuda {
+
+template <class Elem>
+struct WeightedGemmParams {
+  const Elem* act_hi = nullptr;  // [rows, act_ld]; act_lo = act_hi + plane_stride
+  std::int64_t plane_stride = 0;
+  int act_ld = 0;  // a multiple of 64 (the packed intermediate size)
+  TileList tiles;
+  const int* perm = nullptr;       // sorted row -> token · top_k + slot; nullptr: identity
+  const float* weights = nullptr;  // indexed by perm[row] (or row); nullptr: 1
+  const Elem* w = nullptr;         // [experts][n_pad, act_ld] down rows, zero-padded
+  std::int64_t w_expert_stride = 0;
+  const float* bias = nullptr;  // [experts][n_pad] or nullptr
+  std::int64_t bias_expert_stride = 0;
+  float* y = nullptr;  // [rows, y_ld]
+  int y_ld = 0;
+};
+
+// Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 2 A planes.
+template <class Elem, class Mainloop>
+__global__ void __launch_bounds__(Mainloop::kThreads)
+    grouped_gemm_weighted(const WeightedGemmParams<Elem> p) {
+  if constexpr (!Mainloop::kCompiled) {
+    __trap();
+  } else {
+    constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+
+    Tile tile;
+    if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
+    const int n0 = static_cast<int>(blockIdx.y) * BN;
+
+    typename Mainloop::ARows a;
+#pragma unroll
+    for (int i = 0; i < Mainloop::kAChunksPerThread; ++i) {
+      const int r = tile.first + Mainloop::chunk_row(i);
+      a.row[i] = r < tile.rows
+                     ? p.act_hi + static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld
+                     : nullptr;
+    }
+    const Elem* b =
+        p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.act_ld;
+    float acc[Mainloop::kMI][Mainloop::kNI][4];
+    Mainloop::run(acc, smem_raw, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK,
+                  tile.rows - tile.first);
+
+    const float* bias =
+        p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+#pragma unroll
+    for (int mi = 0; mi < Mainloop::kMI; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = tile.first + Mainloop::acc_row(mi, half * 2);
+        if (r >= tile.rows) continue;
+        const int sorted = tile.segment_start + r;
+        float weight = 1.0f;
+        if (p.weights != nullptr) weight = p.weights[p.perm != nullptr ? p.perm[sorted] : sorted];
+        float* y = p.y + static_cast<std::int64_t>(sorted) * p.y_ld + n0;
+#pragma unroll
+        for (int ni = 0; ni < Mainloop::kNI; ++ni) {
+          const int col = Mainloop::acc_col(ni, 0);
+          float v0 = acc[mi][ni][half * 2], v1 = acc[mi][ni][half * 2 + 1];
+          if (bias != nullptr) {
+            v0 += bias[col];
+            v1 += bias[col + 1];
+          }
+          *reinterpret_cast<float2*>(y + col) = make_float2(weight * v0, weight * v1);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace fusedmoe::cuda

@@ -1,0 +1,157 @@
+// The sm_90a mainloop shared by both expert GEMMs: C[BM, BN] = Σ_planes A_plane[BM, K] · B[BN, K]ᵀ
+// on warpgroup MMAs (wgmma), fp32 accumulators in registers. Same contract as the sm_80 mainloop
+// (gemm/sm80/grouped_mainloop.cuh), which it replaces on Hopper for tiles of 64 rows and more:
+// gathered A rows, a kStages-deep cp.async ring of 128-byte swizzled rows, A_PLANES = 2 for the
+// activation's hi + lo halves, and the same accumulation order (k16 steps in increasing order,
+// planes in order inside a step, each BK step summed from zero and then added to the running sum
+// with FADDs), so a row's result does not depend on which mainloop or tile computed it.
+//
+// The shared tiles are already in wgmma's 128-byte swizzle layout (a chunk's position is its index
+// XOR row % 8, 8-row groups 1024 bytes apart) once each stage starts on a 1024-byte boundary, so
+// the MMAs read the cp.async ring directly through descriptors. One warpgroup (4 warps) computes
+// 64 rows x BN; BM / 64 warpgroups per block.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/kernels/ptx/sm80.cuh"
+#include "cuda/kernels/ptx/sm90.cuh"
+
+namespace fusedmoe::cuda::sm90 {
+
+template <class Elem, int BM, int BN, int Stages, int APlanes>
+struct GroupedMainloop {
+  static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
+  static constexpr int kBM = BM, kBN = BN;
+  static constexpr int kBK = 64;
+  static constexpr int kWarpGroups = BM / 64;
+  static constexpr int kThreads = kWarpGroups * 128;
+  static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
+  static constexpr int kWarpM = 16;                   // rows per warp
+  static constexpr int kWarpN = BN;                   // columns per warp
+  static constexpr int kMI = 1;
+  static constexpr int kNI = BN / 8;
+  static constexpr int kAChunksPerThread = BM * kChunksPerRow / kThreads;
+  static constexpr int kBChunksPerThread = BN * kChunksPerRow / kThreads;
+  static constexpr int kAStageElems = APlanes * BM * kBK;
+  static constexpr int kStageElems = kAStageElems + BN * kBK;
+  static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
+  static constexpr int kSmemBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem)) + kAlign;
+
+  static_assert(sizeof(Elem) == 2, "16-bit elements only");
+  static_assert(BM % 64 == 0, "whole warpgroups of 64 rows");
+  static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
+  static_assert(BM * kChunksPerRow % kThreads == 0 && BN * kChunksPerRow % kThreads == 0,
+                "tile chunks split evenly over threads");
+  static_assert(Stages >= 2, "at least double buffering");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
+
+  struct ARows {
+    const Elem* row[kAChunksPerThread];  // row start in plane 0, nullptr: absent row
+  };
+
+  __device__ __forceinline__ static int chunk_row(int i) {
+    return (static_cast<int>(threadIdx.x) + i * kThreads) / kChunksPerRow;
+  }
+  __device__ __forceinline__ static int chunk_col(int i) {
+    return (static_cast<int>(threadIdx.x) + i * kThreads) % kChunksPerRow;
+  }
+  __device__ __forceinline__ static int swizzle(int row, int chunk) {
+    return row * kBK + ((chunk ^ (row & 7)) * 8);
+  }
+
+  // Arguments as for sm80::GroupedMainloop::run. Every warpgroup runs its MMAs, padding rows
+  // included (they are zeros): wgmma inside a branch the compiler cannot prove uniform is
+  // serialised, which costs far more than a partly filled tile.
+  __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], void* smem_raw,
+                                             const ARows& a, std::int64_t a_plane_stride,
+                                             int a_cols, const Elem* b, std::int64_t b_ld,
+                                             int k_tiles, int /*valid_rows*/) {
+    Elem* smem = reinterpret_cast<Elem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + kAlign - 1) /
+                                         kAlign * kAlign);
+#pragma unroll
+    for (int ni = 0; ni < kNI; ++ni) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[0][ni][r] = 0.0f;
+    }
+    const auto load_stage = [&](int stage, int kt) {
+      Elem* sa = smem + stage * kStageElems;
+      Elem* sb = sa + kAStageElems;
+      const int k0 = kt * kBK;
+#pragma unroll
+      for (int i = 0; i < kAChunksPerThread; ++i) {
+        const int row = chunk_row(i), chunk = chunk_col(i);
+        const int col = k0 + chunk * 8;
+        const bool valid = a.row[i] != nullptr && col < a_cols;
+        const Elem* src = valid ? a.row[i] + col : b;  // any mapped address when not valid
+#pragma unroll
+        for (int p = 0; p < APlanes; ++p) {
+          ptx::cp_async_16B_zfill(sa + p * BM * kBK + swizzle(row, chunk),
+                                  valid ? src + p * a_plane_stride : src, valid);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBChunksPerThread; ++i) {
+        const int row = chunk_row(i), chunk = chunk_col(i);
+        ptx::cp_async_16B_zfill(sb + swizzle(row, chunk), b + row * b_ld + k0 + chunk * 8, true);
+      }
+    };
+
+#pragma unroll
+    for (int s = 0; s < Stages - 1; ++s) {
+      if (s < k_tiles) load_stage(s, s);
+      ptx::cp_async_commit();
+    }
+
+    const Elem* a_base = smem + (static_cast<int>(threadIdx.x) / 128) * 64 * kBK;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      ptx::cp_async_wait<Stages - 2>();  // k-tile kt has landed (this thread's copies)
+      ptx::fence_proxy_async_shared();   // ... and is visible to the MMAs
+      __syncthreads();                   // everyone's copies; every MMA of kt - 1 has finished
+      // Refill the stage computed in the previous iteration.
+      const int next = kt + Stages - 1;
+      if (next < k_tiles) load_stage(next % Stages, next);
+      ptx::cp_async_commit();
+
+      const Elem* sa = a_base + (kt % Stages) * kStageElems;
+      const Elem* sb = smem + (kt % Stages) * kStageElems + kAStageElems;
+      // Each BK step accumulates from zero in the tensor cores (their accumulation truncates) and
+      // joins the running sum with round-to-nearest FADDs: see the sm_80 mainloop. The group is
+      // waited for at once: its registers are read next, and the loads of the next Stages - 1
+      // k-tiles are already in flight, so the pause costs tensor time, not memory time.
+      float part[kNI][4];
+      ptx::fence_registers(part);
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kBK / 16; ++ks) {
+        const std::uint64_t desc_b = ptx::smem_desc_sw128(sb + ks * 16);
+#pragma unroll
+        for (int p = 0; p < APlanes; ++p) {
+          const std::uint64_t desc_a = ptx::smem_desc_sw128(sa + p * BM * kBK + ks * 16);
+          ptx::SM90_64x128x16_F32<Elem>::mma(part, desc_a, desc_b, ks > 0 || p > 0);
+        }
+      }
+      ptx::wgmma_commit();
+      ptx::fence_registers(part);
+      ptx::wgmma_wait<0>();
+      ptx::fence_registers(part);
+#pragma unroll
+      for (int ni = 0; ni < kNI; ++ni) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[0][ni][r] += part[ni][r];
+      }
+    }
+    ptx::cp_async_wait<0>();
+  }
+
+  __device__ __forceinline__ static int acc_row(int /*mi*/, int r) {
+    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    return warp * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);  // warpgroup g's warps hold rows 64g..
+  }
+  __device__ __forceinline__ static int acc_col(int ni, int r) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    return ni * 8 + (lane & 3) * 2 + (r & 1);
+  }
+};
+
+}  // namespace fusedmoe::cuda::sm90
