@@ -14,6 +14,11 @@ Weights (a dict; names follow fusedmoe/weights.hpp): "layout" ("gate_up_rows", "
 "down" (fused layouts) or "w1", "w3", "w2" (lists, one array per expert), "gate_up_bias",
 "down_bias", "shared_gate", "shared_up", "shared_down", "shared_gate_weight". They are read once,
 when the layer is created (the CUDA backend reads host arrays and copies them to the GPU).
+
+PyTorch: `layer.torch_op(x)` runs the custom operator torch.ops.fusedmoe.moe_forward, which
+torch.compile(fullgraph=True) and CUDA graphs take (fusedmoe.torch_ops says how);
+fusedmoe.hf.patch(model) swaps a transformers model's MoE blocks for fusedmoe ones. Both import
+torch only when used.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ def _is_torch(a) -> bool:
     return type(a).__module__.startswith("torch")
 
 
+def _export(a):
+    """What crosses to the C++ core: a torch tensor becomes a DLPack capsule made without any stream
+    synchronisation (stream=-1: the core runs on the caller's current stream anyway; some torch
+    versions make the legacy default stream wait when no stream is named, which breaks CUDA-graph
+    capture), detached from autograd. Anything else passes as it is."""
+    if a is None or not _is_torch(a):
+        return a
+    return a.detach().__dlpack__(stream=-1)
+
+
 def _empty_like(x, shape, dtype_of):
     """An uninitialised array of `shape` on x's device, of the library (numpy or torch) x is from."""
     if _is_torch(x):
@@ -59,6 +74,8 @@ class Layer:
     """
 
     def __init__(self, config: dict, weights: dict, backend: str = "best"):
+        weights = {key: [_export(a) for a in v] if isinstance(v, (list, tuple)) else _export(v)
+                   for key, v in weights.items()}
         self._layer = _Layer(config, weights, backend)
 
     @classmethod
@@ -103,5 +120,22 @@ class Layer:
             workspace = torch.empty(max(self.workspace_size(tokens), 1), dtype=torch.uint8,
                                     device=x.device)
             stream = torch.cuda.current_stream(x.device).cuda_stream
-        self._layer.forward(x, out, topk_ids, topk_weights, ids_out, weights_out, workspace, stream)
+        self._layer.forward(*map(_export, (x, out, topk_ids, topk_weights, ids_out, weights_out,
+                                           workspace)), stream)
         return (out, ids_out, weights_out) if return_routing else out
+
+    @property
+    def torch_id(self) -> int:
+        """This layer's key in the registry of torch.ops.fusedmoe.moe_forward (registered on first
+        use, dropped when the layer is freed); see fusedmoe.torch_ops."""
+        from . import torch_ops
+        return torch_ops.register(self)
+
+    def torch_op(self, x):
+        """torch.ops.fusedmoe.moe_forward(x, self.torch_id): MoE(x) for a torch tensor x [..., H]
+        through the custom operator (a new tensor of x's shape, dtype and device). Under
+        torch.compile, read torch_id once outside the compiled code (registering is not traceable),
+        or use fusedmoe.torch_ops.MoE."""
+        from . import torch_ops
+        key = self.__dict__.get("_torch_id")
+        return torch_ops.moe_forward(x, self.torch_id if key is None else key)
