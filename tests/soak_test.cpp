@@ -11,7 +11,10 @@
 //   FUSEDMOE_SOAK_CASES=100000 FUSEDMOE_SOAK_SECONDS=3600 FUSEDMOE_TEST_SEED=42 build/bin/soak_test
 //   FUSEDMOE_TEST_BACKEND=cuda ... build/bin/soak_test     (the CUDA backend; skipped without GPU)
 // FUSEDMOE_SOAK_FIRST=N starts at case N, to replay a failure the output named.
+// Every case must leave the backend most of the global bound: see expect_judgeable.
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -113,6 +116,16 @@ SoakCase draw(std::uint64_t seed) {
   if (uniform(rng, 0, 3) == 0) o.x_row_stride = c.hidden + pick<std::int64_t>(rng, {1, 3, 8, 64});
   if (uniform(rng, 0, 3) == 0) o.out_row_stride = c.hidden + pick<std::int64_t>(rng, {1, 5, 8});
   if (uniform(rng, 0, 7) == 0) o.x_scale = pick(rng, {0.01f, 4.0f});
+  // Small inputs in f16 at 0.1, not 0.01. Gate and up are linear in x and SwiGLU and GeGLU are
+  // linear near 0, so without expert biases such a layer's outputs scale as x_scale^2: drawn at
+  // 0.01 they had an RMS of 2.3e-6 to 1.6e-4 (154 draws over seeds 0, 7 and 42), mostly below
+  // f16's smallest normal (6.1e-5), where f16 keeps a fixed spacing of 6e-8. There the reference
+  // rounded to f16, which is what the CPU backend writes, scores up to 7.3e-3 against the 2e-3
+  // global bound (seed 7 case 2944), and the per-element atol (1e-5) exceeds every element, so no
+  // check can judge the case (see test::rounding_floor). At 0.1 their RMS is 3e-4 or more, in
+  // f16's normal range. bf16 and f32 have f32's exponent range and keep 0.01. The same random
+  // numbers are drawn, so no other case changes.
+  if (c.dtype == DType::f16 && o.x_scale < 1.0f) o.x_scale = 0.1f;
   o.zipf_s = pick(rng, {0.0, 1.0, 2.0});
   if (r.kind == RoutingKind::precomputed) {
     o.ids = pick(rng, {test::Ids::zipf, test::Ids::one_expert, test::Ids::duplicate,
@@ -121,6 +134,22 @@ SoakCase draw(std::uint64_t seed) {
     if (o.ids == test::Ids::half_experts && c.experts / 2 < c.top_k) o.ids = test::Ids::zipf;
   }
   return s;
+}
+
+// The seed of soak case `i` under FUSEDMOE_TEST_SEED=`base`.
+std::uint64_t soak_seed(std::int64_t i, std::uint64_t base) {
+  return test::case_seed_of("Soak", "RandomLayersMatchTheReference",
+                            "soak case " + std::to_string(i), base);
+}
+
+// A case the checks can judge leaves at least half of the global bound to the backend. In the
+// output format's normal range its rounding of the reference takes at most 0.39 of the bound
+// (bf16; f16 0.24, see test::rounding_floor), so only outputs below that range, which the format
+// cannot hold to the bound, trip this: the generator's fault, not the backend's.
+void expect_judgeable(const test::Verdict& v, DType dtype) {
+  EXPECT_LE(v.rounding_floor, tolerance_for(dtype).global / 2)
+      << "the generator drew a case whose outputs " << to_string(dtype)
+      << " cannot hold to CONTRACT.md's global bound (see test::rounding_floor)";
 }
 
 TEST(Soak, RandomLayersMatchTheReference) {
@@ -136,7 +165,7 @@ TEST(Soak, RandomLayersMatchTheReference) {
   std::int64_t ran = 0, skipped = 0, tokens = 0, invalid_ids = 0, near_ties = 0;
   std::int64_t i = first;
   for (; i < first + cases && elapsed() < seconds; ++i) {
-    const SoakCase s = draw(test::case_seed("soak case " + std::to_string(i)));
+    const SoakCase s = draw(soak_seed(i, test::base_seed()));
     if (!test::unsupported_reason(backend, s.config, s.options).empty()) {
       ++skipped;
       continue;
@@ -147,6 +176,7 @@ TEST(Soak, RandomLayersMatchTheReference) {
     SCOPED_TRACE("soak case " + std::to_string(i) + " (FUSEDMOE_SOAK_FIRST=" + std::to_string(i) +
                  " FUSEDMOE_SOAK_CASES=1 replays it)");
     const test::Verdict v = test::expect_matches_reference(p, backend);
+    expect_judgeable(v, s.config.dtype);
     ++ran;
     tokens += s.tokens;
     invalid_ids += p.invalid_id_count();
@@ -163,6 +193,50 @@ TEST(Soak, RandomLayersMatchTheReference) {
       static_cast<long long>(near_ties), elapsed(),
       static_cast<unsigned long long>(test::base_seed()));
   EXPECT_GT(ran, 0);
+}
+
+// Seed 7, case 2944 (T = 3, H = 96, I = 20, E = 64, k = 1, softmax_topk with router bias, f16,
+// x_scale 0.01 as drawn then) failed the global bound, 7.3e-3 against 2e-3, with every element
+// within tolerance. The CPU backend was right: its output is the reference rounded to nearest
+// f16, bit for bit; the outputs (RMS 2.3e-6) lie in f16's subnormal range, where that rounding
+// alone is 7.3e-3. The generator no longer draws such inputs in f16.
+TEST(Soak, Seed7Case2944IsTheReferenceRoundedToF16) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(Backend::cpu);
+  SoakCase s = draw(soak_seed(2944, 7));
+  ASSERT_EQ(s.config.dtype, DType::f16);
+  ASSERT_EQ(s.options.x_scale, 0.1f) << "the generator's small f16 input scale";
+  ASSERT_EQ(s.tokens, 3);
+  ASSERT_EQ(s.config.hidden, 96);
+
+  // As drawn before the fix: a perfect f16 output cannot meet the bound, and the CPU backend's is
+  // exactly that output.
+  s.options.x_scale = 0.01f;
+  const test::Problem tiny(s.config, s.tokens, s.options);
+  SCOPED_TRACE(tiny.describe());
+  const test::RunResult ref = test::run_backend(tiny, Backend::reference);
+  const test::RunResult got = test::run_backend(tiny, Backend::cpu);
+  ASSERT_TRUE(ref.status.ok() && got.status.ok());
+  const double floor = test::rounding_floor(ref.out, DType::f16);
+  EXPECT_GT(floor, tolerance_for(DType::f16).global);
+  double sum2 = 0;
+  for (std::int64_t t = 0; t < tiny.tokens; ++t) {
+    for (std::int64_t h = 0; h < tiny.config.hidden; ++h) {
+      const float f = ref.out.at(t, h);
+      sum2 += double{f} * f;
+      std::uint16_t rounded = 0;
+      core::store_f32(DType::f16, &rounded, 0, f);
+      ASSERT_EQ(got.out.at(t, h), core::load_f32(DType::f16, &rounded, 0))
+          << "token " << t << " column " << h << ": reference " << f;
+    }
+  }
+  EXPECT_LT(std::sqrt(sum2 / static_cast<double>(tiny.tokens * tiny.config.hidden)), 6.1e-5)
+      << "the outputs were below f16's smallest normal";
+
+  // As drawn now: judgeable, and it passes.
+  s.options.x_scale = 0.1f;
+  const test::Problem p(s.config, s.tokens, s.options);
+  const test::Verdict v = test::expect_matches_reference(p, Backend::cpu);
+  expect_judgeable(v, DType::f16);
 }
 
 }  // namespace

@@ -175,12 +175,39 @@ std::vector<std::string_view> split_list(std::string_view text) {
   return items;
 }
 
+// An argument as an error message echoes it: in single quotes, with control bytes escaped (\n, \r
+// and \t by name, the other bytes below 0x20 and 0x7f as \xNN), so that the error stays one line
+// and cannot move a terminal's cursor whatever the argument holds. Other bytes (UTF-8 included)
+// and backslashes are kept as they are.
 std::string quoted(std::string_view s) {
-  // Appended piece by piece: "'" + std::string(s) + "'" trips a GCC 12 -Wrestrict false positive.
+  static constexpr char kHex[] = "0123456789abcdef";
   std::string q;
   q.reserve(s.size() + 2);
   q += '\'';
-  q.append(s);
+  for (const char ch : s) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 0x20 && byte != 0x7f) {
+      q += ch;
+      continue;
+    }
+    q += '\\';
+    switch (ch) {
+      case '\n':
+        q += 'n';
+        break;
+      case '\r':
+        q += 'r';
+        break;
+      case '\t':
+        q += 't';
+        break;
+      default:
+        q += 'x';
+        q += kHex[byte >> 4];
+        q += kHex[byte & 0xf];
+        break;
+    }
+  }
   q += '\'';
   return q;
 }
@@ -596,7 +623,7 @@ ParseResult parse_args(std::span<const std::string_view> args) {
   const std::string_view first = args[0];
   if (is_help(first) || first == "--version") {
     if (args.size() > 1) {
-      return {std::nullopt, "unexpected argument '" + std::string(args[1]) + "' after " +
+      return {std::nullopt, "unexpected argument " + quoted(args[1]) + " after " +
                                 std::string(first) + " (see fusedmoe --help)"};
     }
     Options o;
@@ -609,7 +636,7 @@ ParseResult parse_args(std::span<const std::string_view> args) {
   if (first.empty() || first[0] != '-') {
     const std::optional<Command> named = lookup(kCommands, first);
     if (!named) {
-      return {std::nullopt, "unknown command '" + std::string(first) + "' (see fusedmoe --help)"};
+      return {std::nullopt, "unknown command " + quoted(first) + " (see fusedmoe --help)"};
     }
     command = *named;
     rest = args.subspan(1);
@@ -622,8 +649,7 @@ ParseResult parse_args(std::span<const std::string_view> args) {
     if (rest.empty()) return {o, {}};
     const std::optional<Command> topic = lookup(kCommands, rest[0]);
     if (!topic || rest.size() > 1) {
-      return {std::nullopt,
-              "unknown help topic '" + std::string(rest[0]) + "' (see fusedmoe --help)"};
+      return {std::nullopt, "unknown help topic " + quoted(rest[0]) + " (see fusedmoe --help)"};
     }
     o.command = *topic;
     return {o, {}};
@@ -640,8 +666,8 @@ ParseResult parse_args(std::span<const std::string_view> args) {
   if (command == Command::presets) {
     if (!rest.empty()) {
       const bool flag = !rest[0].empty() && rest[0][0] == '-';
-      return {std::nullopt, std::string(flag ? "unknown flag '" : "unexpected argument '") +
-                                std::string(rest[0]) + "' (see fusedmoe presets --help)"};
+      return {std::nullopt, std::string(flag ? "unknown flag " : "unexpected argument ") +
+                                quoted(rest[0]) + " (see fusedmoe presets --help)"};
     }
     Options o;
     o.command = Command::presets;

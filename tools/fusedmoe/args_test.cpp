@@ -2,8 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fusedmoe/presets.hpp"
@@ -21,10 +23,18 @@ Options parse_ok(std::vector<std::string_view> args) {
   return r.ok() ? *r.options : Options{};
 }
 
+// Whether `s` holds a control byte (below 0x20, or 0x7f).
+bool has_control_byte(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte < 0x20 || byte == 0x7f;
+  });
+}
+
 std::string parse_error(std::vector<std::string_view> args) {
   ParseResult r = parse(std::move(args));
   EXPECT_FALSE(r.ok());
-  EXPECT_EQ(r.error.find('\n'), std::string::npos) << "errors are one line: " << r.error;
+  EXPECT_FALSE(has_control_byte(r.error)) << "errors are one line of text: " << r.error;
   return r.error;
 }
 
@@ -194,6 +204,33 @@ TEST(Args, UnknownFlags) {
   EXPECT_NE(parse_error({"frobnicate"}).find("unknown command 'frobnicate'"), std::string::npos);
   EXPECT_NE(parse_error({"run", "stray"}).find("unexpected argument 'stray'"), std::string::npos);
   EXPECT_NE(parse_error({"--version", "x"}).find("unexpected argument"), std::string::npos);
+}
+
+// An error echoes an argument with its control bytes escaped, wherever the argument stands, so
+// that the error stays one line (an argument may hold a newline: fusedmoe "$(cat file)").
+TEST(Args, ErrorsEscapeControlCharacters) {
+  EXPECT_EQ(parse_error({"frob\nnicate"}), "unknown command 'frob\\nnicate' (see fusedmoe --help)");
+  EXPECT_EQ(parse_error({"--version", "a\tb"}),
+            "unexpected argument 'a\\tb' after --version (see fusedmoe --help)");
+  EXPECT_EQ(parse_error({"help", "r\run"}), "unknown help topic 'r\\run' (see fusedmoe --help)");
+  EXPECT_EQ(parse_error({"presets", "x\n"}),
+            "unexpected argument 'x\\n' (see fusedmoe presets --help)");
+  EXPECT_EQ(parse_error({"presets", "-\x1b[2J"}),
+            "unknown flag '-\\x1b[2J' (see fusedmoe presets --help)");
+  EXPECT_EQ(parse_error({"run", "--tok\nens", "3"}),
+            "unknown flag '--tok\\nens' (see fusedmoe run --help)");
+  EXPECT_EQ(parse_error({"run", std::string_view("a\0b\x01\x7f", 5)}),
+            "unexpected argument 'a\\x00b\\x01\\x7f' (see fusedmoe run --help)");
+  EXPECT_NE(parse_error({"run", "--dtype", "bf\n16"}).find("bad value 'bf\\n16' for --dtype"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"run", "--tokens=1,\n2"}).find("got '1,\\n2'"), std::string::npos);
+  EXPECT_NE(parse_error({"run", "--seed", "1\n"}).find("bad value '1\\n' for --seed"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"bench", "--preset", "mixtral-8x7b,a\r\nb"}).find("preset 'a\\r\\nb'"),
+            std::string::npos);
+  // Printable bytes are kept as they are: UTF-8, quotes and backslashes.
+  EXPECT_EQ(parse_error({"run", "--preset", "caf\xc3\xa9 'x' \\n"}),
+            "unknown preset 'caf\xc3\xa9 'x' \\n' (see fusedmoe presets)");
 }
 
 TEST(Args, MissingValues) {
