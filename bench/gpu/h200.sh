@@ -7,6 +7,11 @@
 #   bench/gpu/h200.sh presets     every preset at its real size against the reference (T = 1, 64)
 #   bench/gpu/h200.sh soak        the randomized differential soak on CUDA (SOAK_SECONDS, 600)
 #   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
+#   bench/gpu/h200.sh python      pip install . (CUDA build) and python/tests
+#   bench/gpu/h200.sh hf          bench/peers/hf_patch.py: transformers blocks patched vs not
+#                                 (the machine has no network: WHEELS names a folder of wheels
+#                                 for scikit-build-core, nanobind and pytest, made elsewhere with
+#                                 pip download --python-version 3.12 --only-binary=:all:)
 # Several steps may be given in one call. The build (build-gpu/) is either carried from the
 # machine that made it or made here when absent.
 set -uo pipefail
@@ -96,6 +101,27 @@ for step in "$@"; do
       echo "exit $? (adversarial memcheck)" | tee -a "$OUT/summary.txt"
       grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitizer_adversarial.log" | tail -4 |
         tee -a "$OUT/summary.txt"
+      ;;
+    python)
+      log "python package with the CUDA backend"
+      if [ -d "${WHEELS:-build-wheel/pkgs}" ]; then
+        pip install -q --no-index --find-links "${WHEELS:-build-wheel/pkgs}" scikit-build-core \
+          nanobind pytest >"$OUT/python_install.log" 2>&1
+      fi
+      CMAKE_ARGS="-DFUSEDMOE_CUDA=ON -DFUSEDMOE_CUDA_ARCHITECTURES=90a-real" timeout 400 \
+        pip install --no-build-isolation --no-deps . -C build-dir=build-python-gpu \
+        >>"$OUT/python_install.log" 2>&1
+      echo "exit $? (pip install .)" | tee -a "$OUT/summary.txt"
+      timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest -q -rs python/tests >"$OUT/python_tests.log" 2>&1
+      echo "exit $? (pytest python/tests)" | tee -a "$OUT/summary.txt"
+      tail -12 "$OUT/python_tests.log" | tee -a "$OUT/summary.txt"
+      ;;
+    hf)
+      log "transformers blocks patched by fusedmoe.hf (needs the python step's install)"
+      timeout "${HF_TIMEOUT:-240}" python3 bench/peers/hf_patch.py --mixtral-block --max-minutes 3 \
+        --commit "$FUSEDMOE_COMMIT" --out "$OUT/hf_patch.jsonl" >"$OUT/hf_patch.txt" 2>&1
+      echo "exit $? (hf_patch.py)" | tee -a "$OUT/summary.txt"
+      tail -20 "$OUT/hf_patch.txt" | tee -a "$OUT/summary.txt"
       ;;
     info)
       log "device"
