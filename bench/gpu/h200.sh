@@ -105,11 +105,11 @@ for step in "$@"; do
     python)
       log "python package with the CUDA backend"
       if [ -d "${WHEELS:-build-wheel/pkgs}" ]; then
-        pip install -q --no-index --find-links "${WHEELS:-build-wheel/pkgs}" scikit-build-core \
+        python3 -m pip install -q --no-index --find-links "${WHEELS:-build-wheel/pkgs}" scikit-build-core \
           nanobind pytest >"$OUT/python_install.log" 2>&1
       fi
       CMAKE_ARGS="-DFUSEDMOE_CUDA=ON -DFUSEDMOE_CUDA_ARCHITECTURES=90a-real" timeout 400 \
-        pip install --no-build-isolation --no-deps . -C build-dir=build-python-gpu \
+        python3 -m pip install --no-build-isolation --no-deps . -C build-dir=build-python-gpu \
         >>"$OUT/python_install.log" 2>&1
       echo "exit $? (pip install .)" | tee -a "$OUT/summary.txt"
       timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest -q -rs python/tests >"$OUT/python_tests.log" 2>&1
