@@ -5,6 +5,7 @@
 #   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid
 #   bench/gpu/h200.sh peers       bench/peers/peers.py over the same grid
 #   bench/gpu/h200.sh presets     every preset at its real size against the reference (T = 1, 64)
+#   bench/gpu/h200.sh presets512  the same at T = 512 (PRESETS_FILTER: preset names as gtest matches them, e.g. deepseek_v3)
 #   bench/gpu/h200.sh soak        the randomized differential soak on CUDA (SOAK_SECONDS, 600)
 #   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
 #   bench/gpu/h200.sh python      pip install . (CUDA build) and python/tests
@@ -83,6 +84,15 @@ for step in "$@"; do
         >"$OUT/presets_real_cuda.log" 2>&1
       echo "exit $? (presets_real_test)" | tee -a "$OUT/summary.txt"
       grep -E "^\[ (time|note) \]|OK \]|FAILED  \]|PASSED" "$OUT/presets_real_cuda.log" |
+        tee -a "$OUT/summary.txt"
+      ;;
+    presets512)
+      log "presets at real size, T = 512 (cuda)"
+      FUSEDMOE_TEST_BACKEND=cuda FUSEDMOE_TEST_T512=1 timeout "${PRESETS_TIMEOUT:-540}" \
+        "$BUILD/bin/presets_real_test" --gtest_filter="*T512*${PRESETS_FILTER:-}" \
+        >"$OUT/presets_real_cuda_t512.log" 2>&1
+      echo "exit $? (presets_real_test T=512)" | tee -a "$OUT/summary.txt"
+      grep -E "^\[ (time|note) \]|OK \]|FAILED  \]|PASSED" "$OUT/presets_real_cuda_t512.log" |
         tee -a "$OUT/summary.txt"
       ;;
     soak)
