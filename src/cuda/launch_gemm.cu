@@ -47,9 +47,9 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
 // The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
 // issues its own cp.async loads and then waits for its MMAs, so a second block on the SM is what
 // overlaps one block's loads with the other's MMAs: the m64n128 tiles keep to ~97 KB of stages
-// for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200): the weighted m64n128 with
-// 4 stages (one block per SM) took 446 us, and deeper rings (up to 9 stages, one block) were
-// slower still for both GEMMs.
+// for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200, bench/NOTES.md): one block per
+// SM with rings of 7-9 stages made GEMM1 slower (651 us against 527 us with two 4-stage blocks);
+// the weighted tile measured the same with 3 stages (two blocks) as with 4 (one block).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
