@@ -56,8 +56,8 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
 
     typename Mainloop::ARows a;
 #pragma unroll
-    for (int i = 0; i < Mainloop::kAChunksPerThread; ++i) {
-      const int r = tile.first + Mainloop::chunk_row(i);
+    for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
+      const int r = tile.first + Mainloop::Tiles::chunk_row(i);
       a.row[i] = nullptr;
       if (r < tile.rows) {
         const int sorted = tile.segment_start + r;

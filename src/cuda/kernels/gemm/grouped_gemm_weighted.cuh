@@ -45,8 +45,8 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
 
     typename Mainloop::ARows a;
 #pragma unroll
-    for (int i = 0; i < Mainloop::kAChunksPerThread; ++i) {
-      const int r = tile.first + Mainloop::chunk_row(i);
+    for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
+      const int r = tile.first + Mainloop::Tiles::chunk_row(i);
       a.row[i] = r < tile.rows
                      ? p.act_hi + static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld
                      : nullptr;

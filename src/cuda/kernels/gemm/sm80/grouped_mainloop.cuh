@@ -1,22 +1,18 @@
 // The sm_80 mainloop shared by both expert GEMMs: C[BM, BN] = Σ_planes A_plane[BM, K] · B[BN, K]ᵀ
 // with fp32 accumulators in registers.
 //
-// A's rows are gathered: the caller gives each loading thread the global address of the rows it
-// loads (nullptr for rows past the expert's token count: they load as zeros). B is one expert's
-// weight block, rows contiguous and zero-padded to whole tiles, so its loads need no predicate.
+// Operands come through a kStages-deep cp.async ring of swizzled tiles (gemm/swizzled_tiles.cuh:
+// gathered A rows, zero-fill for absent rows and for columns past K), read by ldmatrix.
 // A_PLANES = 2 sums two A planes against the same B (the f32 activation stored as hi + lo halves,
-// so the second GEMM keeps ~16 mantissa bits instead of 8).
-//
-// Pipeline: kStages-deep cp.async ring (16-byte copies, zero-fill for absent rows and for columns
-// past K); shared tiles are BK = 64 elements (128 bytes) wide, 16-byte chunks XOR-swizzled by
-// row so that ldmatrix reads are conflict-free. The K order of the accumulation is fixed (k16
-// steps in increasing order, planes in order inside a step; each BK step summed apart, then added
-// to the running sum) and does not depend on BM, BN or the
-// warp layout: a row's result is the same whichever tile configuration computed it.
+// so the second GEMM keeps ~16 mantissa bits instead of 8). The K order of the accumulation is
+// fixed (k16 steps in increasing order, planes in order inside a step; each BK step summed apart,
+// then added to the running sum) and does not depend on BM, BN or the warp layout: a row's result
+// is the same whichever tile configuration computed it.
 #pragma once
 
 #include <cstdint>
 
+#include "cuda/kernels/gemm/swizzled_tiles.cuh"
 #include "cuda/kernels/ptx/sm80.cuh"
 
 namespace fusedmoe::cuda::sm80 {
@@ -29,42 +25,21 @@ struct GroupedMainloop {
   static constexpr bool kCompiled = false;
 #endif
   static constexpr int kBM = BM, kBN = BN;
-  static constexpr int kBK = 64;
   static constexpr int kThreads = WarpsM * WarpsN * 32;
-  static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
-  static constexpr int kWarpM = BM / WarpsM;          // rows per warp
-  static constexpr int kWarpN = BN / WarpsN;          // columns per warp
-  static constexpr int kMI = kWarpM / 16;             // m16 fragments per warp
-  static constexpr int kNI = kWarpN / 8;              // n8 fragments per warp
-  static constexpr int kAChunksPerThread = BM * kChunksPerRow / kThreads;
-  static constexpr int kBChunksPerThread = BN * kChunksPerRow / kThreads;
+  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
+  using ARows = typename Tiles::ARows;
+  static constexpr int kBK = Tiles::kBK;
+  static constexpr int kWarpM = BM / WarpsM;  // rows per warp
+  static constexpr int kWarpN = BN / WarpsN;  // columns per warp
+  static constexpr int kMI = kWarpM / 16;     // m16 fragments per warp
+  static constexpr int kNI = kWarpN / 8;      // n8 fragments per warp
   static constexpr int kAStageElems = APlanes * BM * kBK;
   static constexpr int kStageElems = kAStageElems + BN * kBK;
   static constexpr int kSmemBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem));
 
-  static_assert(sizeof(Elem) == 2, "16-bit elements only");
   static_assert(BM % (16 * WarpsM) == 0 && BN % (16 * WarpsN) == 0, "warp tiles of m16 x n16");
-  static_assert(BM * kChunksPerRow % kThreads == 0, "A tile chunks split evenly over threads");
-  static_assert(BN * kChunksPerRow % kThreads == 0, "B tile chunks split evenly over threads");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
-
-  // Rows this thread loads for A (the same rows in every plane and every stage).
-  struct ARows {
-    const Elem* row[kAChunksPerThread];  // row start in plane 0, nullptr: absent row
-  };
-
-  // Row (in the tile) and chunk of the i-th A or B chunk this thread loads.
-  __device__ __forceinline__ static int chunk_row(int i) {
-    return (static_cast<int>(threadIdx.x) + i * kThreads) / kChunksPerRow;
-  }
-  __device__ __forceinline__ static int chunk_col(int i) {
-    return (static_cast<int>(threadIdx.x) + i * kThreads) % kChunksPerRow;
-  }
-  // Element offset of (row, 16-byte chunk) inside a swizzled [rows, 64] tile.
-  __device__ __forceinline__ static int swizzle(int row, int chunk) {
-    return row * kBK + ((chunk ^ (row & 7)) * 8);
-  }
 
   // acc[mi][ni][4]: the m16n8 accumulator fragments of this warp.
   // a_plane_stride: elements from plane 0 to plane 1. a_cols: columns of A that exist (a multiple
@@ -88,25 +63,8 @@ struct GroupedMainloop {
     }
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
-      Elem* sb = sa + kAStageElems;
-      const int k0 = kt * kBK;
-#pragma unroll
-      for (int i = 0; i < kAChunksPerThread; ++i) {
-        const int row = chunk_row(i), chunk = chunk_col(i);
-        const int col = k0 + chunk * 8;
-        const bool valid = a.row[i] != nullptr && col < a_cols;
-        const Elem* src = valid ? a.row[i] + col : b;  // any mapped address when not valid
-#pragma unroll
-        for (int p = 0; p < APlanes; ++p) {
-          ptx::cp_async_16B_zfill(sa + p * BM * kBK + swizzle(row, chunk),
-                                  valid ? src + p * a_plane_stride : src, valid);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kBChunksPerThread; ++i) {
-        const int row = chunk_row(i), chunk = chunk_col(i);
-        ptx::cp_async_16B_zfill(sb + swizzle(row, chunk), b + row * b_ld + k0 + chunk * 8, true);
-      }
+      Tiles::load_a(sa, a, a_plane_stride, a_cols, kt * kBK, b);
+      Tiles::load_b(sa + kAStageElems, b, b_ld, kt * kBK);
     };
 
 #pragma unroll
@@ -151,7 +109,7 @@ struct GroupedMainloop {
           const int row = warp_n * kWarpN + nj * 8 + ((lane >> 4) << 3) + (lane & 7);
           const int chunk = ks * 2 + ((lane >> 3) & 1);
           std::uint32_t r[4];
-          ptx::ldmatrix_x4_b16(r, sb + swizzle(row, chunk));
+          ptx::ldmatrix_x4_b16(r, sb + Tiles::swizzle(row, chunk));
           bf[nj][0] = r[0];
           bf[nj][1] = r[1];
           bf[nj + 1][0] = r[2];
@@ -164,7 +122,7 @@ struct GroupedMainloop {
             const int row = warp_m * kWarpM + mi * 16 + (lane & 15);
             const int chunk = ks * 2 + (lane >> 4);
             std::uint32_t af[4];
-            ptx::ldmatrix_x4_b16(af, sa + p * BM * kBK + swizzle(row, chunk));
+            ptx::ldmatrix_x4_b16(af, sa + p * BM * kBK + Tiles::swizzle(row, chunk));
 #pragma unroll
             for (int ni = 0; ni < kNI; ++ni)
               ptx::SM80_16x8x16_F32<Elem>::mma(part[mi][ni], af, bf[ni]);

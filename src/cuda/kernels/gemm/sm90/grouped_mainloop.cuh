@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/gemm/swizzled_tiles.cuh"
 #include "cuda/kernels/ptx/sm80.cuh"
 #include "cuda/kernels/ptx/sm90.cuh"
 
@@ -23,42 +24,24 @@ template <class Elem, int BM, int BN, int Stages, int APlanes>
 struct GroupedMainloop {
   static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
   static constexpr int kBM = BM, kBN = BN;
-  static constexpr int kBK = 64;
   static constexpr int kWarpGroups = BM / 64;
   static constexpr int kThreads = kWarpGroups * 128;
-  static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
-  static constexpr int kWarpM = 16;                   // rows per warp
-  static constexpr int kWarpN = BN;                   // columns per warp
+  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
+  using ARows = typename Tiles::ARows;
+  static constexpr int kBK = Tiles::kBK;
+  static constexpr int kWarpM = 16;  // rows per warp
+  static constexpr int kWarpN = BN;  // columns per warp
   static constexpr int kMI = 1;
   static constexpr int kNI = BN / 8;
-  static constexpr int kAChunksPerThread = BM * kChunksPerRow / kThreads;
-  static constexpr int kBChunksPerThread = BN * kChunksPerRow / kThreads;
   static constexpr int kAStageElems = APlanes * BM * kBK;
   static constexpr int kStageElems = kAStageElems + BN * kBK;
   static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
   static constexpr int kSmemBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem)) + kAlign;
 
-  static_assert(sizeof(Elem) == 2, "16-bit elements only");
   static_assert(BM % 64 == 0, "whole warpgroups of 64 rows");
   static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
-  static_assert(BM * kChunksPerRow % kThreads == 0 && BN * kChunksPerRow % kThreads == 0,
-                "tile chunks split evenly over threads");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
-
-  struct ARows {
-    const Elem* row[kAChunksPerThread];  // row start in plane 0, nullptr: absent row
-  };
-
-  __device__ __forceinline__ static int chunk_row(int i) {
-    return (static_cast<int>(threadIdx.x) + i * kThreads) / kChunksPerRow;
-  }
-  __device__ __forceinline__ static int chunk_col(int i) {
-    return (static_cast<int>(threadIdx.x) + i * kThreads) % kChunksPerRow;
-  }
-  __device__ __forceinline__ static int swizzle(int row, int chunk) {
-    return row * kBK + ((chunk ^ (row & 7)) * 8);
-  }
 
   // Arguments as for sm80::GroupedMainloop::run. Every warpgroup runs its MMAs, padding rows
   // included (they are zeros): wgmma inside a branch the compiler cannot prove uniform is
@@ -76,25 +59,8 @@ struct GroupedMainloop {
     }
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
-      Elem* sb = sa + kAStageElems;
-      const int k0 = kt * kBK;
-#pragma unroll
-      for (int i = 0; i < kAChunksPerThread; ++i) {
-        const int row = chunk_row(i), chunk = chunk_col(i);
-        const int col = k0 + chunk * 8;
-        const bool valid = a.row[i] != nullptr && col < a_cols;
-        const Elem* src = valid ? a.row[i] + col : b;  // any mapped address when not valid
-#pragma unroll
-        for (int p = 0; p < APlanes; ++p) {
-          ptx::cp_async_16B_zfill(sa + p * BM * kBK + swizzle(row, chunk),
-                                  valid ? src + p * a_plane_stride : src, valid);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kBChunksPerThread; ++i) {
-        const int row = chunk_row(i), chunk = chunk_col(i);
-        ptx::cp_async_16B_zfill(sb + swizzle(row, chunk), b + row * b_ld + k0 + chunk * 8, true);
-      }
+      Tiles::load_a(sa, a, a_plane_stride, a_cols, kt * kBK, b);
+      Tiles::load_b(sa + kAStageElems, b, b_ld, kt * kBK);
     };
 
 #pragma unroll
