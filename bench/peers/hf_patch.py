@@ -42,12 +42,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from peers import git_commit  # noqa: E402  (the same provenance as the peers' results)
 
 # name: transformers config class and model class, config keywords. Per-layer sizes are the real
 # models' where a layer is small (qwen1.5-moe-a2.7b, qwen3-30b-a3b, olmoe-1b-7b); Mixtral and
@@ -127,19 +127,6 @@ def parse_args(argv):
     if a.reps < 20:
         log("note: fewer than 20 reps; medians are noisier than the house rule (>= 20)")
     return a
-
-
-def git_commit(given):
-    if given:
-        return given
-    try:
-        r = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
-                           text=True, timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
-    except Exception:
-        pass
-    return "unknown"
 
 
 class Bench:
