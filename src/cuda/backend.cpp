@@ -18,6 +18,7 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/plan.hpp"
+#include "cuda/tensor_map.hpp"
 
 namespace fusedmoe::cuda {
 namespace {
@@ -70,6 +71,9 @@ struct ExpertSet {
   std::int64_t gate_up_stride() const { return 2 * inter_pad * hidden_pad; }  // elements
   std::int64_t down_stride() const { return hidden_pad * inter_pad; }
   std::int64_t hidden_pad = 0;
+  // gate_up and down as tensor maps, when the GEMM mainloop loads weights by TMA
+  bool mapped = false;
+  CUtensorMap gate_up_map{}, down_map{};
 };
 
 struct CudaWeights final : PackedWeights::Impl {
@@ -168,7 +172,15 @@ Status pack_set(const LayerConfig& c, std::int64_t count, std::int64_t inter, Ex
         set.down.upload(dn_host.data(), dn_host.size(), dn_bytes * static_cast<std::size_t>(e0)));
   }
   FUSEDMOE_RETURN_IF_ERROR(set.gate_up_bias.upload(gu_bias));
-  return set.down_bias.upload(dn_bias);
+  FUSEDMOE_RETURN_IF_ERROR(set.down_bias.upload(dn_bias));
+  if (gemm_maps_weights()) {
+    FUSEDMOE_RETURN_IF_ERROR(encode_rows_map(set.gate_up_map, c.dtype, set.gate_up.get(),
+                                             count * 2 * ip, hp, kWeightMapBoxRows));
+    FUSEDMOE_RETURN_IF_ERROR(
+        encode_rows_map(set.down_map, c.dtype, set.down.get(), count * hp, ip, kWeightMapBoxRows));
+    set.mapped = true;
+  }
+  return {};
 }
 
 template <class T>
@@ -371,6 +383,7 @@ class CudaBackend final : public core::BackendOps {
     g.tiles = tiles;
     g.w = set.gate_up.get();
     g.w_expert_stride = set.gate_up_stride();
+    g.w_map = set.mapped ? &set.gate_up_map : nullptr;
     g.n_rows = static_cast<int>(2 * set.inter_pad);
     g.k_pad = static_cast<int>(set.hidden_pad);
     g.bias = set.gate_up_bias.get<float>();
@@ -392,6 +405,7 @@ class CudaBackend final : public core::BackendOps {
     d.weights = row_weights;
     d.w = set.down.get();
     d.w_expert_stride = set.down_stride();
+    d.w_map = set.mapped ? &set.down_map : nullptr;
     d.n_rows = static_cast<int>(set.hidden_pad);
     d.bias = set.down_bias.get<float>();
     d.bias_expert_stride = set.hidden_pad;

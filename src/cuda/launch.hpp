@@ -3,6 +3,7 @@
 // synchronises. Compiled by nvcc (launch_*.cu); callers need only the CUDA runtime header.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -31,7 +32,8 @@ struct GatedGemmArgs {
   TileArgs tiles;
   const void* w = nullptr;
   std::int64_t w_expert_stride = 0;
-  int n_rows = 0;  // packed gate/up rows per expert (2 · inter_pad)
+  const CUtensorMap* w_map = nullptr;  // w as a tensor map: needed when gemm_maps_weights()
+  int n_rows = 0;                      // packed gate/up rows per expert (2 · inter_pad)
   int k_pad = 0;
   const float* bias = nullptr;
   std::int64_t bias_expert_stride = 0;
@@ -53,7 +55,8 @@ struct WeightedGemmArgs {
   const float* weights = nullptr;
   const void* w = nullptr;
   std::int64_t w_expert_stride = 0;
-  int n_rows = 0;  // hidden_pad
+  const CUtensorMap* w_map = nullptr;  // w as a tensor map: needed when gemm_maps_weights()
+  int n_rows = 0;                      // hidden_pad
   const float* bias = nullptr;
   std::int64_t bias_expert_stride = 0;
   float* y = nullptr;
@@ -65,6 +68,10 @@ Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& 
 // Picks the mainloop the device runs (sm_90a wgmma or sm_80 mma.sync) and sets the shared-memory
 // limits of its GEMM instantiations (once per process and device).
 Status prepare_gemm_kernels();
+// Whether the mainloop prepare_gemm_kernels() picked loads the weights by TMA, so that every GEMM
+// call must pass them as tensor maps (rows of kWeightMapBoxRows per box).
+bool gemm_maps_weights();
+inline constexpr int kWeightMapBoxRows = 128;
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,
                             int tokens, int logits, int hidden, int slices, float* partial,

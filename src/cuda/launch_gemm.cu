@@ -1,7 +1,8 @@
 // Launchers of the expert GEMMs: the one place where (dtype, tile, mainloop) become template
 // arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 2 sm_90a
 // tiles). On an sm_90 device that runs this build's sm_90a machine code, tiles of 64 rows and more
-// use the wgmma mainloop; everywhere else (and with FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one.
+// use the wgmma mainloop, which loads the weights through tensor maps; everywhere else (and with
+// FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -17,6 +18,7 @@
 #include "cuda/kernels/gemm/sm80/grouped_mainloop.cuh"
 #include "cuda/kernels/gemm/sm90/grouped_mainloop.cuh"
 #include "cuda/launch.hpp"
+#include "cuda/tensor_map.hpp"
 
 namespace fusedmoe::cuda {
 namespace {
@@ -45,11 +47,12 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
 };
 
 // The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
-// issues its own cp.async loads and then waits for its MMAs, so a second block on the SM is what
-// overlaps one block's loads with the other's MMAs: the m64n128 tiles keep to ~97 KB of stages
-// for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200, bench/NOTES.md): one block per
-// SM with rings of 7-9 stages made GEMM1 slower (651 us against 527 us with two 4-stage blocks);
-// the weighted tile measured the same with 3 stages (two blocks) as with 4 (one block).
+// issues its own cp.async loads for A (the weights come by TMA) and then waits for its MMAs, so a
+// second block on the SM is what overlaps one block's loads with the other's MMAs: the m64n128
+// tiles keep to ~97 KB of stages for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200,
+// bench/NOTES.md): one block per SM with rings of 7-9 stages made GEMM1 slower (651 us against 527
+// us with two 4-stage blocks); the weighted tile measured the same with 3 stages (two blocks) as
+// with 4 (one block).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
@@ -70,6 +73,7 @@ struct GemmKernel {
   static auto mainloop() {
     if constexpr (kPath == Path::sm90) {
       using S = Sm90Shape<kTile, kWeighted>;
+      static_assert(S::kBN == kWeightMapBoxRows, "the weight maps' box is one tile of B");
       return sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>{};
     } else {
       using S = Sm80Shape<kTile, kWeighted>;
@@ -94,8 +98,8 @@ struct GemmKernel {
   }
 };
 
-// Whether the wgmma kernels run here: set by prepare_gemm_kernels() before any launch.
-std::atomic<bool> g_wgmma{false};
+// The mainloop of the 64- and 128-row tiles: set by prepare_gemm_kernels() before any launch.
+std::atomic<Path> g_path{Path::sm80};
 
 constexpr bool has_sm90(GemmTile tile) { return tile != GemmTile::m16n64; }
 
@@ -120,6 +124,7 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.tiles = tile_list(a.tiles);
   p.w = static_cast<const Elem*>(a.w);
   p.w_expert_stride = a.w_expert_stride;
+  if (a.w_map != nullptr) p.w_map = *a.w_map;
   p.k_pad = a.k_pad;
   p.bias = a.bias;
   p.bias_expert_stride = a.bias_expert_stride;
@@ -146,6 +151,7 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.weights = a.weights;
   p.w = static_cast<const Elem*>(a.w);
   p.w_expert_stride = a.w_expert_stride;
+  if (a.w_map != nullptr) p.w_map = *a.w_map;
   p.bias = a.bias;
   p.bias_expert_stride = a.bias_expert_stride;
   p.y = a.y;
@@ -190,12 +196,13 @@ Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
   }
 }
 
-Path current_path() { return g_wgmma.load(std::memory_order_relaxed) ? Path::sm90 : Path::sm80; }
+Path current_path() { return g_path.load(std::memory_order_relaxed); }
 
 // The wgmma kernels run when the device is sm_90 and the loaded machine code is sm_90a (a build
-// without 90a in its architectures loads sm_80 code there, whose wgmma bodies trap).
-Status wgmma_available(int device, bool& available) {
-  available = false;
+// without 90a in its architectures loads sm_80 code there, whose wgmma bodies trap) and the
+// driver encodes tensor maps. FUSEDMOE_CUDA_MAINLOOP=sm80 forces the portable path.
+Status choose_path(int device, Path& path) {
+  path = Path::sm80;
   if (const char* env = std::getenv("FUSEDMOE_CUDA_MAINLOOP");
       env != nullptr && std::string_view(env) == "sm80") {
     return {};
@@ -206,7 +213,8 @@ Status wgmma_available(int device, bool& available) {
   cudaFuncAttributes attr{};
   FUSEDMOE_CUDA_CHECK(cudaFuncGetAttributes(
       &attr, GemmKernel<__nv_bfloat16, GemmTile::m64n128, false, Path::sm90>::fn()));
-  available = attr.binaryVersion == 90;
+  if (attr.binaryVersion != 90 || !tensor_maps_available()) return {};
+  path = Path::sm90;
   return {};
 }
 
@@ -215,6 +223,9 @@ Status wgmma_available(int device, bool& available) {
 Status launch_gated_gemm(DType dtype, GemmTile tile, const GatedGemmArgs& args,
                          cudaStream_t stream) {
   if (args.tiles.capacity == 0) return {};
+  if (gemm_maps_weights() && args.w_map == nullptr) {
+    return {StatusCode::invalid_argument, "the sm_90a mainloop needs the weights' tensor map"};
+  }
   return dispatch<false>(dtype, tile, current_path(),
                          [&]<class K>() { return gated<K>(args, stream); });
 }
@@ -222,6 +233,9 @@ Status launch_gated_gemm(DType dtype, GemmTile tile, const GatedGemmArgs& args,
 Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& args,
                             cudaStream_t stream) {
   if (args.tiles.capacity == 0) return {};
+  if (gemm_maps_weights() && args.w_map == nullptr) {
+    return {StatusCode::invalid_argument, "the sm_90a mainloop needs the weights' tensor map"};
+  }
   return dispatch<true>(dtype, tile, current_path(),
                         [&]<class K>() { return weighted<K>(args, stream); });
 }
@@ -233,10 +247,9 @@ Status prepare_gemm_kernels() {
   FUSEDMOE_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
   if (prepared_device == device) return {};
-  bool wgmma = false;
-  FUSEDMOE_RETURN_IF_ERROR(wgmma_available(device, wgmma));
-  for (Path path : {Path::sm80, Path::sm90}) {
-    if (path == Path::sm90 && !wgmma) continue;
+  Path chosen = Path::sm80;
+  FUSEDMOE_RETURN_IF_ERROR(choose_path(device, chosen));
+  for (Path path : {Path::sm80, chosen}) {
     for (DType dtype : {DType::bf16, DType::f16}) {
       for (GemmTile tile : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
         const auto prepare = [&]<class K>() { return K::prepare(); };
@@ -245,9 +258,11 @@ Status prepare_gemm_kernels() {
       }
     }
   }
-  g_wgmma.store(wgmma, std::memory_order_relaxed);
+  g_path.store(chosen, std::memory_order_relaxed);
   prepared_device = device;
   return {};
 }
+
+bool gemm_maps_weights() { return current_path() == Path::sm90; }
 
 }  // namespace fusedmoe::cuda

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "cuda/kernels/epilogue/gated_activation.cuh"
+#include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/scheduler/tile_list.cuh"
 
 namespace fusedmoe::cuda {
@@ -30,7 +31,8 @@ struct GatedGemmParams {
   TileList tiles;
   const Elem* w = nullptr;  // [experts][n_rows, k_pad]: interleaved gate/up rows
   std::int64_t w_expert_stride = 0;
-  int k_pad = 0;                // packed hidden size, a multiple of 64
+  CUtensorMap w_map{};  // the same rows as a 2-D tensor map, for mainloops that load B by TMA
+  int k_pad = 0;        // packed hidden size, a multiple of 64
   const float* bias = nullptr;  // [experts][n_rows] in the packed order, or nullptr
   std::int64_t bias_expert_stride = 0;
   Elem* act_hi = nullptr;  // [rows, act_ld]
@@ -42,7 +44,7 @@ struct GatedGemmParams {
 // Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane.
 template <class Elem, class Mainloop>
 __global__ void __launch_bounds__(Mainloop::kThreads)
-    grouped_gemm_gated(const GatedGemmParams<Elem> p) {
+    grouped_gemm_gated(const __grid_constant__ GatedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
@@ -67,8 +69,10 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
     }
     const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.k_pad;
     float acc[Mainloop::kMI][Mainloop::kNI][4];
+    const MapRows b_map{&p.w_map,
+                        static_cast<int>(tile.expert * (p.w_expert_stride / p.k_pad)) + n0};
     Mainloop::run(acc, smem_raw, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK,
-                  tile.rows - tile.first);
+                  tile.rows - tile.first, b_map);
 
     const float* bias =
         p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/scheduler/tile_list.cuh"
 
 namespace fusedmoe::cuda {
@@ -23,6 +24,7 @@ struct WeightedGemmParams {
   const float* weights = nullptr;  // indexed by perm[row] (or row); nullptr: 1
   const Elem* w = nullptr;         // [experts][n_pad, act_ld] down rows, zero-padded
   std::int64_t w_expert_stride = 0;
+  CUtensorMap w_map{};  // the same rows as a 2-D tensor map, for mainloops that load B by TMA
   const float* bias = nullptr;  // [experts][n_pad] or nullptr
   std::int64_t bias_expert_stride = 0;
   float* y = nullptr;  // [rows, y_ld]
@@ -32,7 +34,7 @@ struct WeightedGemmParams {
 // Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 2 A planes.
 template <class Elem, class Mainloop>
 __global__ void __launch_bounds__(Mainloop::kThreads)
-    grouped_gemm_weighted(const WeightedGemmParams<Elem> p) {
+    grouped_gemm_weighted(const __grid_constant__ WeightedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
@@ -54,8 +56,10 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
     const Elem* b =
         p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.act_ld;
     float acc[Mainloop::kMI][Mainloop::kNI][4];
+    const MapRows b_map{&p.w_map,
+                        static_cast<int>(tile.expert * (p.w_expert_stride / p.act_ld)) + n0};
     Mainloop::run(acc, smem_raw, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK,
-                  tile.rows - tile.first);
+                  tile.rows - tile.first, b_map);
 
     const float* bias =
         p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;

@@ -4,6 +4,7 @@
 // only picks sm_90a kernels on a device that runs that machine code.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a plain struct: no driver calls here)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -128,5 +129,67 @@ struct SM90_64x128x16_F32<__half> {
 };
 
 #undef FUSEDMOE_WGMMA_M64N128K16
+
+// ---- mbarriers and the bulk tensor copy (TMA) -------------------------------------------------
+
+// An mbarrier in shared memory that completes a phase after `count` arrivals (and the bytes
+// announced with expect_tx).
+__device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, int count) {
+#if FUSEDMOE_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Makes initialised mbarriers visible to the copy engine (before the barrier that publishes them).
+__device__ __forceinline__ void fence_mbarrier_init() {
+#if FUSEDMOE_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// One arrival that also announces `bytes` the phase waits for (the copies' complete_tx).
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, std::uint32_t bytes) {
+#if FUSEDMOE_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, std::uint32_t parity) {
+#if FUSEDMOE_WGMMA
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "wait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Copies the box at (c0, c1) (elements along the inner dimension, rows) of a 2-D tensor map into
+// shared memory, laid out and swizzled as the map says; completes `bytes` on `bar`. `map` is the
+// address of a __grid_constant__ kernel parameter (or const/global memory).
+__device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, int c0, int c1,
+                                            std::uint64_t* bar) {
+#if FUSEDMOE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(smem_addr(smem)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
 
 }  // namespace fusedmoe::cuda::ptx

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/gemm/swizzled_tiles.cuh"
 #include "cuda/kernels/ptx/sm80.cuh"
 
@@ -51,7 +52,7 @@ struct GroupedMainloop {
   __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], void* smem_raw,
                                              const ARows& a, std::int64_t a_plane_stride,
                                              int a_cols, const Elem* b, std::int64_t b_ld,
-                                             int k_tiles, int valid_rows) {
+                                             int k_tiles, int valid_rows, MapRows /*b_map*/ = {}) {
     Elem* smem = static_cast<Elem*>(smem_raw);
 #pragma unroll
     for (int mi = 0; mi < kMI; ++mi) {

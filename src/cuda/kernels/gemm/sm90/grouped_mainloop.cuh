@@ -1,19 +1,22 @@
 // The sm_90a mainloop shared by both expert GEMMs: C[BM, BN] = Σ_planes A_plane[BM, K] · B[BN, K]ᵀ
 // on warpgroup MMAs (wgmma), fp32 accumulators in registers. Same contract as the sm_80 mainloop
 // (gemm/sm80/grouped_mainloop.cuh), which it replaces on Hopper for tiles of 64 rows and more:
-// gathered A rows, a kStages-deep cp.async ring of 128-byte swizzled rows, A_PLANES = 2 for the
+// gathered A rows, a kStages-deep ring of 128-byte swizzled rows, A_PLANES = 2 for the
 // activation's hi + lo halves, and the same accumulation order (k16 steps in increasing order,
 // planes in order inside a step, each BK step summed from zero and then added to the running sum
 // with FADDs), so a row's result does not depend on which mainloop or tile computed it.
 //
-// The shared tiles are already in wgmma's 128-byte swizzle layout (a chunk's position is its index
-// XOR row % 8, 8-row groups 1024 bytes apart) once each stage starts on a 1024-byte boundary, so
-// the MMAs read the cp.async ring directly through descriptors. One warpgroup (4 warps) computes
-// 64 rows x BN; BM / 64 warpgroups per block.
+// A (gathered rows) comes by cp.async, B (the weights) through the bulk tensor copy engine: one
+// thread issues one copy per k-tile from a 2-D tensor map whose 128-byte swizzle gives the same
+// layout, completing on the stage's mbarrier. The shared tiles are in wgmma's 128-byte swizzle
+// layout (a chunk's position is its index XOR row % 8, 8-row groups 1024 bytes apart) once each
+// stage starts on a 1024-byte boundary, so the MMAs read the ring directly through descriptors.
+// One warpgroup (4 warps) computes 64 rows x BN; BM / 64 warpgroups per block.
 #pragma once
 
 #include <cstdint>
 
+#include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/gemm/swizzled_tiles.cuh"
 #include "cuda/kernels/ptx/sm80.cuh"
 #include "cuda/kernels/ptx/sm90.cuh"
@@ -36,22 +39,34 @@ struct GroupedMainloop {
   static constexpr int kAStageElems = APlanes * BM * kBK;
   static constexpr int kStageElems = kAStageElems + BN * kBK;
   static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
-  static constexpr int kSmemBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem)) + kAlign;
+  static constexpr int kRingBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem));
+  static constexpr int kBStageBytes = BN * kBK * static_cast<int>(sizeof(Elem));
+  // the ring, its alignment slack and one 8-byte mbarrier per stage after it
+  static constexpr int kSmemBytes = kRingBytes + kAlign + Stages * 8;
 
   static_assert(BM % 64 == 0, "whole warpgroups of 64 rows");
   static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 
-  // Arguments as for sm80::GroupedMainloop::run. Every warpgroup runs its MMAs, padding rows
-  // included (they are zeros): wgmma inside a branch the compiler cannot prove uniform is
-  // serialised, which costs far more than a partly filled tile.
+  // Arguments as for sm80::GroupedMainloop::run, except that B is read through b_map (its rows
+  // [b_map.row, + BN) are the rows at b); b itself only serves as a mapped address for the
+  // zero-filled copies of absent A rows. Every warpgroup runs its MMAs, padding rows included
+  // (they are zeros): wgmma inside a branch the compiler cannot prove uniform is serialised,
+  // which costs far more than a partly filled tile.
   __device__ __forceinline__ static void run(float (&acc)[kMI][kNI][4], void* smem_raw,
                                              const ARows& a, std::int64_t a_plane_stride,
-                                             int a_cols, const Elem* b, std::int64_t b_ld,
-                                             int k_tiles, int /*valid_rows*/) {
+                                             int a_cols, const Elem* b, std::int64_t /*b_ld*/,
+                                             int k_tiles, int /*valid_rows*/, MapRows b_map) {
     Elem* smem = reinterpret_cast<Elem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + kAlign - 1) /
                                          kAlign * kAlign);
+    auto* full = reinterpret_cast<std::uint64_t*>(reinterpret_cast<unsigned char*>(smem) +
+                                                  kRingBytes);  // full[s]: B of stage s has landed
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < Stages; ++s) ptx::mbarrier_init(&full[s], 1);
+      ptx::fence_mbarrier_init();
+    }
+    __syncthreads();
 #pragma unroll
     for (int ni = 0; ni < kNI; ++ni) {
 #pragma unroll
@@ -59,8 +74,12 @@ struct GroupedMainloop {
     }
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
-      Tiles::load_a(sa, a, a_plane_stride, a_cols, kt * kBK, b);
-      Tiles::load_b(sa + kAStageElems, b, b_ld, kt * kBK);
+      const int k0 = kt * kBK;
+      Tiles::load_a(sa, a, a_plane_stride, a_cols, k0, b);
+      if (threadIdx.x == 0) {
+        ptx::mbarrier_arrive_expect_tx(&full[stage], kBStageBytes);
+        ptx::tma_load_2d(sa + kAStageElems, b_map.map, k0, b_map.row, &full[stage]);
+      }
     };
 
 #pragma unroll
@@ -71,9 +90,10 @@ struct GroupedMainloop {
 
     const Elem* a_base = smem + (static_cast<int>(threadIdx.x) / 128) * 64 * kBK;
     for (int kt = 0; kt < k_tiles; ++kt) {
-      ptx::cp_async_wait<Stages - 2>();  // k-tile kt has landed (this thread's copies)
+      ptx::cp_async_wait<Stages - 2>();  // A of k-tile kt has landed (this thread's copies)
       ptx::fence_proxy_async_shared();   // ... and is visible to the MMAs
-      __syncthreads();                   // everyone's copies; every MMA of kt - 1 has finished
+      ptx::mbarrier_wait(&full[kt % Stages], (kt / Stages) & 1);  // ... and so has B
+      __syncthreads();  // everyone's copies; every MMA of kt - 1 has finished
       // Refill the stage computed in the previous iteration.
       const int next = kt + Stages - 1;
       if (next < k_tiles) load_stage(next % Stages, next);
