@@ -2,11 +2,18 @@
 # One call on the lent GPU machine: checks and timings of the CUDA backend, logs under $OUT.
 #   bench/gpu/h200.sh test        GPU test suites (ctest -L cuda)
 #   bench/gpu/h200.sh sanitize    compute-sanitizer memcheck, racecheck, synccheck on the edge set
+#   bench/gpu/h200.sh fault       a real device out-of-memory during packing (cuda_fault_test)
 #   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid
 #   bench/gpu/h200.sh peers       bench/peers/peers.py over the same grid
 #   bench/gpu/h200.sh presets     every preset at its real size against the reference (T = 1, 64)
-#   bench/gpu/h200.sh presets512  the same at T = 512 (PRESETS_FILTER: preset names as gtest matches them, e.g. deepseek_v3)
-#   bench/gpu/h200.sh soak        the randomized differential soak on CUDA (SOAK_SECONDS, 600)
+#   bench/gpu/h200.sh presets512  the same at T = 512
+#                                 (PRESETS: some of them, by their gtest names, e.g.
+#                                 "seed_deepseek_v3 seed_qwen2_moe_57b")
+#   bench/gpu/h200.sh soak        the randomized differential soak on CUDA (SOAK_SECONDS, 600;
+#                                 FUSEDMOE_TEST_SEED picks the seed)
+#   bench/gpu/h200.sh soak-start ... soak-wait
+#                                 the same soak in the background while the steps between run
+#                                 (checks only: timing steps belong after soak-wait)
 #   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
 #   bench/gpu/h200.sh python      pip install . (CUDA build) and python/tests
 #   bench/gpu/h200.sh hf          bench/peers/hf_patch.py: transformers blocks patched vs not
@@ -25,6 +32,14 @@ for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cublas, os; print(os.
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
 
+pids=()
+# The gtest filter for one presets_real_test case over $PRESETS (all presets when unset).
+presets_filter() {
+  local f="" p names
+  read -ra names <<<"${PRESETS:-*}"
+  for p in "${names[@]}"; do f="$f${f:+:}*.$1/$p"; done
+  echo "$f"
+}
 log() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" | tee -a "$OUT/summary.txt"; }
 
 if [ ! -x "$BUILD/bin/fusedmoe" ]; then
@@ -53,13 +68,28 @@ for step in "$@"; do
           tee -a "$OUT/summary.txt"
       done
       ;;
+    fault)
+      # takes all of the GPU's memory for a while: never next to a background soak
+      [ -n "${SOAK_PID:-}" ] && { echo "fault: not while the soak runs (soak-wait first)"; continue; }
+      log "device out-of-memory (cuda_fault_test)"
+      timeout "${TEST_TIMEOUT:-300}" "$BUILD/bin/cuda_fault_test" >"$OUT/test_cuda_fault_test.log" 2>&1
+      echo "exit $? (cuda_fault_test)" | tee -a "$OUT/summary.txt"
+      grep -E "^\[ fault \]|^\[  (PASSED|FAILED|SKIPPED) " "$OUT/test_cuda_fault_test.log" |
+        tee -a "$OUT/summary.txt"
+      ;;
     sanitize)
+      # the three tools at once (each is mostly host work), then their verdicts in order
+      log "compute-sanitizer memcheck, racecheck, synccheck (concurrently)"
       for tool in memcheck racecheck synccheck; do
-        log "compute-sanitizer $tool"
-        FUSEDMOE_TEST_BACKEND=cuda timeout "${SAN_TIMEOUT:-200}" compute-sanitizer --tool "$tool" \
+        FUSEDMOE_TEST_BACKEND=cuda timeout "${SAN_TIMEOUT:-300}" compute-sanitizer --tool "$tool" \
           --error-exitcode 99 "$BUILD/bin/cuda_edge_test" --gtest_brief=1 \
-          >"$OUT/sanitizer_$tool.log" 2>&1
+          >"$OUT/sanitizer_$tool.log" 2>&1 &
+        pids+=("$!")
+      done
+      for tool in memcheck racecheck synccheck; do
+        wait "${pids[0]}"
         echo "exit $? ($tool)" | tee -a "$OUT/summary.txt"
+        pids=("${pids[@]:1}")
         grep -E "ERROR SUMMARY|PASSED|FAILED|SKIPPED" "$OUT/sanitizer_$tool.log" | tail -4 |
           tee -a "$OUT/summary.txt"
       done
@@ -81,7 +111,7 @@ for step in "$@"; do
     presets)
       log "presets at real size (cuda)"
       FUSEDMOE_TEST_BACKEND=cuda timeout "${PRESETS_TIMEOUT:-540}" "$BUILD/bin/presets_real_test" \
-        >"$OUT/presets_real_cuda.log" 2>&1
+        --gtest_filter="$(presets_filter MatchesReferenceAtT1AndT64)" >"$OUT/presets_real_cuda.log" 2>&1
       echo "exit $? (presets_real_test)" | tee -a "$OUT/summary.txt"
       grep -E "^\[ (time|note) \]|OK \]|FAILED  \]|PASSED" "$OUT/presets_real_cuda.log" |
         tee -a "$OUT/summary.txt"
@@ -89,18 +119,24 @@ for step in "$@"; do
     presets512)
       log "presets at real size, T = 512 (cuda)"
       FUSEDMOE_TEST_BACKEND=cuda FUSEDMOE_TEST_T512=1 timeout "${PRESETS_TIMEOUT:-540}" \
-        "$BUILD/bin/presets_real_test" --gtest_filter="*T512*${PRESETS_FILTER:-}" \
+        "$BUILD/bin/presets_real_test" --gtest_filter="$(presets_filter MatchesReferenceAtT512)" \
         >"$OUT/presets_real_cuda_t512.log" 2>&1
       echo "exit $? (presets_real_test T=512)" | tee -a "$OUT/summary.txt"
       grep -E "^\[ (time|note) \]|OK \]|FAILED  \]|PASSED" "$OUT/presets_real_cuda_t512.log" |
         tee -a "$OUT/summary.txt"
       ;;
-    soak)
-      log "soak (cuda)"
+    soak | soak-start)
+      log "soak (cuda, seed ${FUSEDMOE_TEST_SEED:-default}, ${SOAK_SECONDS:-600} s)"
       FUSEDMOE_TEST_BACKEND=cuda FUSEDMOE_SOAK_SECONDS="${SOAK_SECONDS:-600}" \
         FUSEDMOE_SOAK_CASES="${SOAK_CASES:-1000000}" timeout $((${SOAK_SECONDS:-600} + 60)) \
-        "$BUILD/bin/soak_test" >"$OUT/soak_cuda.log" 2>&1
+        "$BUILD/bin/soak_test" >"$OUT/soak_cuda.log" 2>&1 &
+      SOAK_PID=$!
+      [ "$step" = soak-start ] && continue
+      ;&
+    soak-wait)
+      wait "$SOAK_PID"
       echo "exit $? (soak_test)" | tee -a "$OUT/summary.txt"
+      SOAK_PID=
       tail -5 "$OUT/soak_cuda.log" | tee -a "$OUT/summary.txt"
       ;;
     adversarial)

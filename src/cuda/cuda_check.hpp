@@ -11,6 +11,10 @@
 namespace fusedmoe::cuda {
 
 inline Status cuda_status(cudaError_t err, const char* what, const char* file, int line) {
+  // The runtime also keeps the error as this thread's last error; once it is a Status it is
+  // cleared there, or the next launch check (cudaGetLastError) would report it a second time: a
+  // failed cudaMalloc in pack_weights would fail the next forward. A sticky error stays sticky.
+  static_cast<void>(cudaGetLastError());
   const StatusCode code =
       err == cudaErrorMemoryAllocation ? StatusCode::out_of_memory : StatusCode::cuda_error;
   return {code, std::string(what) + " failed: " + cudaGetErrorName(err) + " (" +
