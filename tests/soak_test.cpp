@@ -10,7 +10,9 @@
 // CI runs a short fixed-seed soak (the defaults). A long run:
 //   FUSEDMOE_SOAK_CASES=100000 FUSEDMOE_SOAK_SECONDS=3600 FUSEDMOE_TEST_SEED=42 build/bin/soak_test
 //   FUSEDMOE_TEST_BACKEND=cuda ... build/bin/soak_test     (the CUDA backend; skipped without GPU)
-// FUSEDMOE_SOAK_FIRST=N starts at case N, to replay a failure the output named.
+// FUSEDMOE_SOAK_FIRST=N starts at case N, to replay a failure the output named. The run stops at
+// its first failing case, unless FUSEDMOE_SOAK_KEEP_GOING=N: then it goes on until N cases have
+// failed (each still fails the test, with its replay line) and lists them at the end.
 // Every case must leave the backend most of the global bound: see expect_judgeable.
 #include <chrono>
 #include <cmath>
@@ -19,6 +21,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "test_util.hpp"
 
@@ -158,6 +161,15 @@ TEST(Soak, RandomLayersMatchTheReference) {
   const std::int64_t cases = env_int("FUSEDMOE_SOAK_CASES", 5000);
   const std::int64_t first = env_int("FUSEDMOE_SOAK_FIRST", 0);
   const double seconds = static_cast<double>(env_int("FUSEDMOE_SOAK_SECONDS", 60));
+  const std::int64_t keep_going = env_int("FUSEDMOE_SOAK_KEEP_GOING", 0);
+  const auto failed_parts = [] {
+    const ::testing::TestResult* r =
+        ::testing::UnitTest::GetInstance()->current_test_info()->result();
+    int n = 0;
+    for (int j = 0; j < r->total_part_count(); ++j) n += r->GetTestPartResult(j).failed() ? 1 : 0;
+    return n;
+  };
+  std::vector<std::int64_t> failing;
   const auto start = std::chrono::steady_clock::now();
   const auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -172,6 +184,7 @@ TEST(Soak, RandomLayersMatchTheReference) {
     }
     const Status valid = validate(s.config);
     ASSERT_TRUE(valid.ok()) << "soak case " << i << " drew an invalid layer: " << valid.to_string();
+    const int failed_before = failed_parts();
     const test::Problem p(s.config, s.tokens, s.options);
     SCOPED_TRACE("soak case " + std::to_string(i) + " (FUSEDMOE_SOAK_FIRST=" + std::to_string(i) +
                  " FUSEDMOE_SOAK_CASES=1 replays it)");
@@ -181,7 +194,10 @@ TEST(Soak, RandomLayersMatchTheReference) {
     tokens += s.tokens;
     invalid_ids += p.invalid_id_count();
     near_ties += v.excluded_tokens;
-    if (HasFailure()) break;  // the first failing case, with its seed and replay line
+    if (failed_parts() > failed_before) {  // reported with its seed and replay line
+      failing.push_back(i);
+      if (static_cast<std::int64_t>(failing.size()) > keep_going - 1) break;
+    }
   }
   std::printf(
       "[ soak ] backend %s: %lld cases run (%lld refused by design) of %lld asked from case "
@@ -192,6 +208,11 @@ TEST(Soak, RandomLayersMatchTheReference) {
       static_cast<long long>(tokens), static_cast<long long>(invalid_ids),
       static_cast<long long>(near_ties), elapsed(),
       static_cast<unsigned long long>(test::base_seed()));
+  if (!failing.empty()) {
+    std::printf("[ soak ] %zu failing case(s):", failing.size());
+    for (std::int64_t f : failing) std::printf(" %lld", static_cast<long long>(f));
+    std::printf("\n");
+  }
   EXPECT_GT(ran, 0);
 }
 

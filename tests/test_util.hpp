@@ -768,6 +768,48 @@ inline double rounding_floor(const GuardedOutput& ref, DType dtype,
   return ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
 }
 
+// The first few elements outside atol + rtol·|ref| (atol scaled as compare() does), with the
+// token's routing as each side chose it: what a failure report needs to tell a wrong row from a
+// wrong element.
+inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, Tolerance tol,
+                                    const std::vector<std::uint8_t>& skip, int most = 8) {
+  double sum2 = 0;
+  std::int64_t n = 0;
+  for (std::int64_t r = 0; r < ref.out.rows(); ++r) {
+    for (std::int64_t c = 0; c < ref.out.cols(); ++c) {
+      const double f = ref.out.at(r, c);
+      if (skip[static_cast<std::size_t>(r)] == 0 && std::isfinite(f)) {
+        sum2 += f * f;
+        ++n;
+      }
+    }
+  }
+  const double atol =
+      tol.atol * std::max(1.0, n > 0 ? std::sqrt(sum2 / static_cast<double>(n)) : 0);
+  std::ostringstream s;
+  int listed = 0;
+  std::int64_t last_row = -1;
+  for (std::int64_t r = 0; r < ref.out.rows() && listed < most; ++r) {
+    if (skip[static_cast<std::size_t>(r)] != 0) continue;
+    for (std::int64_t c = 0; c < ref.out.cols() && listed < most; ++c) {
+      const double want = ref.out.at(r, c), have = got.out.at(r, c);
+      if (std::abs(have - want) <= atol + tol.rtol * std::abs(want)) continue;
+      if (r != last_row) {
+        const std::int64_t k = static_cast<std::int64_t>(ref.ids_out.cols());
+        s << "\n  token " << r << " (ids";
+        for (std::int32_t e : got.ids(r, k)) s << ' ' << e;
+        s << ", weights";
+        for (float w : got.weights(r, k)) s << ' ' << w;
+        s << "):";
+        last_row = r;
+      }
+      s << " col " << c << " got " << have << " want " << want << ";";
+      ++listed;
+    }
+  }
+  return s.str();
+}
+
 struct CheckOptions {
   // Allow near-tie exclusions (never with integer data: fp32 scores are exact there).
   bool allow_near_ties = true;
@@ -861,7 +903,7 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
     EXPECT_TRUE(v.comparison.passed)
         << v.comparison.summary() << " worst at flat index " << v.comparison.worst_index
         << "; the reference rounded to " << to_string(got.out.dtype()) << " scores global rel "
-        << v.rounding_floor << " (see rounding_floor)";
+        << v.rounding_floor << " (see rounding_floor)" << out_of_tolerance(ref, got, tol, skip);
   }
   return v;
 }
