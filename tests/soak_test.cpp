@@ -13,7 +13,8 @@
 // FUSEDMOE_SOAK_FIRST=N starts at case N, to replay a failure the output named. The run stops at
 // its first failing case, unless FUSEDMOE_SOAK_KEEP_GOING=N: then it goes on until N cases have
 // failed (each still fails the test, with its replay line) and lists them at the end.
-// Every case must leave the backend most of the global bound: see expect_judgeable.
+// A case whose output the global bound cannot judge (test::global_bound_applies) is judged per
+// element only, and counted.
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -145,16 +146,6 @@ std::uint64_t soak_seed(std::int64_t i, std::uint64_t base) {
                             "soak case " + std::to_string(i), base);
 }
 
-// A case the checks can judge leaves at least half of the global bound to the backend. In the
-// output format's normal range its rounding of the reference takes at most 0.39 of the bound
-// (bf16; f16 0.24, see test::rounding_floor), so only outputs below that range, which the format
-// cannot hold to the bound, trip this: the generator's fault, not the backend's.
-void expect_judgeable(const test::Verdict& v, DType dtype) {
-  EXPECT_LE(v.rounding_floor, tolerance_for(dtype).global / 2)
-      << "the generator drew a case whose outputs " << to_string(dtype)
-      << " cannot hold to CONTRACT.md's global bound (see test::rounding_floor)";
-}
-
 TEST(Soak, RandomLayersMatchTheReference) {
   const Backend backend = test::backend_under_test();
   FUSEDMOE_TEST_REQUIRE_BACKEND(backend);
@@ -174,7 +165,7 @@ TEST(Soak, RandomLayersMatchTheReference) {
   const auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  std::int64_t ran = 0, skipped = 0, tokens = 0, invalid_ids = 0, near_ties = 0;
+  std::int64_t ran = 0, skipped = 0, tokens = 0, invalid_ids = 0, near_ties = 0, per_element = 0;
   std::int64_t i = first;
   for (; i < first + cases && elapsed() < seconds; ++i) {
     const SoakCase s = draw(soak_seed(i, test::base_seed()));
@@ -188,8 +179,12 @@ TEST(Soak, RandomLayersMatchTheReference) {
     const test::Problem p(s.config, s.tokens, s.options);
     SCOPED_TRACE("soak case " + std::to_string(i) + " (FUSEDMOE_SOAK_FIRST=" + std::to_string(i) +
                  " FUSEDMOE_SOAK_CASES=1 replays it)");
-    const test::Verdict v = test::expect_matches_reference(p, backend);
-    expect_judgeable(v, s.config.dtype);
+    SCOPED_TRACE(p.describe());
+    const test::RunResult ref = test::run_backend(p, Backend::reference);
+    test::CheckOptions check;
+    check.global_bound = test::global_bound_applies(ref.out, s.config.dtype);
+    per_element += check.global_bound ? 0 : 1;
+    const test::Verdict v = test::check_against(p, ref, test::run_backend(p, backend), check);
     ++ran;
     tokens += s.tokens;
     invalid_ids += p.invalid_id_count();
@@ -200,13 +195,13 @@ TEST(Soak, RandomLayersMatchTheReference) {
     }
   }
   std::printf(
-      "[ soak ] backend %s: %lld cases run (%lld refused by design) of %lld asked from case "
-      "%lld, %lld tokens, %lld invalid ids, %lld near-tie tokens, %.1f s, "
-      "FUSEDMOE_TEST_SEED=%llu\n",
+      "[ soak ] backend %s: %lld cases run (%lld refused by design; %lld judged per element "
+      "only) of %lld asked from case %lld, %lld tokens, %lld invalid ids, %lld near-tie tokens, "
+      "%.1f s, FUSEDMOE_TEST_SEED=%llu\n",
       std::string(to_string(backend)).c_str(), static_cast<long long>(ran),
-      static_cast<long long>(skipped), static_cast<long long>(cases), static_cast<long long>(first),
-      static_cast<long long>(tokens), static_cast<long long>(invalid_ids),
-      static_cast<long long>(near_ties), elapsed(),
+      static_cast<long long>(skipped), static_cast<long long>(per_element),
+      static_cast<long long>(cases), static_cast<long long>(first), static_cast<long long>(tokens),
+      static_cast<long long>(invalid_ids), static_cast<long long>(near_ties), elapsed(),
       static_cast<unsigned long long>(test::base_seed()));
   if (!failing.empty()) {
     std::printf("[ soak ] %zu failing case(s):", failing.size());
@@ -239,6 +234,7 @@ TEST(Soak, Seed7Case2944IsTheReferenceRoundedToF16) {
   ASSERT_TRUE(ref.status.ok() && got.status.ok());
   const double floor = test::rounding_floor(ref.out, DType::f16);
   EXPECT_GT(floor, tolerance_for(DType::f16).global);
+  EXPECT_FALSE(test::global_bound_applies(ref.out, DType::f16));
   double sum2 = 0;
   for (std::int64_t t = 0; t < tiny.tokens; ++t) {
     for (std::int64_t h = 0; h < tiny.config.hidden; ++h) {
@@ -256,8 +252,33 @@ TEST(Soak, Seed7Case2944IsTheReferenceRoundedToF16) {
   // As drawn now: judgeable, and it passes.
   s.options.x_scale = 0.1f;
   const test::Problem p(s.config, s.tokens, s.options);
-  const test::Verdict v = test::expect_matches_reference(p, Backend::cpu);
-  expect_judgeable(v, DType::f16);
+  std::string why;
+  EXPECT_TRUE(
+      test::global_bound_applies(test::run_backend(p, Backend::reference).out, DType::f16, &why))
+      << why;
+  test::expect_matches_reference(p, Backend::cpu);
+}
+
+// Seed 12, case 75363 (T = 1, H = 64, I = 2, E = 3, k = 3 precomputed, gpt-oss activation,
+// integer data) failed the global bound on both the CPU and CUDA backends, with global rel 1 and
+// every element within tolerance: integer gates of several hundred make the reference's output
+// ~1e-37 (sigmoid(1.702 · gate) below fp32's range), and fp32 arithmetic writes 0. Such an output
+// is zero to within the per-element atol, and only the per-element bounds judge it.
+TEST(Soak, Seed12Case75363IsZeroToWithinAtol) {
+  FUSEDMOE_TEST_REQUIRE_BACKEND(Backend::cpu);
+  const SoakCase s = draw(soak_seed(75363, 12));
+  ASSERT_EQ(s.config.activation, Activation::swiglu_oss);
+  ASSERT_EQ(s.options.fill, Fill::integer);
+  const test::Problem p(s.config, s.tokens, s.options);
+  SCOPED_TRACE(p.describe());
+  const test::RunResult ref = test::run_backend(p, Backend::reference);
+  ASSERT_TRUE(ref.status.ok());
+  std::string why;
+  EXPECT_FALSE(test::global_bound_applies(ref.out, s.config.dtype, &why));
+  EXPECT_NE(why.find("RMS"), std::string::npos) << why;
+  test::CheckOptions per_element;
+  per_element.global_bound = false;
+  test::check_against(p, ref, test::run_backend(p, Backend::cpu), per_element);
 }
 
 }  // namespace

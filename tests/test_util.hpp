@@ -810,9 +810,46 @@ inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, 
   return s.str();
 }
 
+// Whether CONTRACT.md's global bound can judge a backend on this reference output (f32, as the
+// reference writes it) stored as `dtype`; if not, `why` says why. Two kinds of output cannot be
+// judged by a relative global error:
+// - outputs the format cannot hold to the bound: the reference rounded to `dtype` already takes
+//   more than half of it (test::rounding_floor: outputs below f16's normal range);
+// - outputs that are zero to within CONTRACT's per-element atol (RMS below 1e-5): there the
+//   relative error measures only how a backend's fp32 arithmetic underflows (a gpt-oss gate of
+//   -90 has sigmoid e^-153 in fp64 and 0 in fp32), not the layer's result.
+// The per-element bounds still apply to such a case.
+inline bool global_bound_applies(const GuardedOutput& ref, DType dtype,
+                                 std::string* why = nullptr) {
+  const Tolerance tol = tolerance_for(dtype);
+  const double floor = rounding_floor(ref, dtype);
+  double sum2 = 0;
+  std::int64_t n = 0;
+  for (std::int64_t r = 0; r < ref.rows(); ++r) {
+    for (std::int64_t c = 0; c < ref.cols(); ++c) {
+      const double f = ref.at(r, c);
+      if (std::isfinite(f)) {
+        sum2 += f * f;
+        ++n;
+      }
+    }
+  }
+  const double rms = n > 0 ? std::sqrt(sum2 / static_cast<double>(n)) : 0.0;
+  std::ostringstream s;
+  if (floor > tol.global / 2) {
+    s << "the reference rounded to " << to_string(dtype) << " scores global rel " << floor;
+  } else if (n > 0 && rms < 1e-5) {
+    s << "the reference's RMS is " << rms << ", zero to within the per-element atol";
+  }
+  if (why != nullptr) *why = s.str();
+  return s.str().empty();
+}
+
 struct CheckOptions {
   // Allow near-tie exclusions (never with integer data: fp32 scores are exact there).
   bool allow_near_ties = true;
+  // false: only the per-element bounds judge the output (see global_bound_applies).
+  bool global_bound = true;
   // Expected count of invalid precomputed ids (-1: the problem's own count).
   std::int64_t expected_invalid_ids = -1;
 };
@@ -900,7 +937,8 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
   if (cmp.ok()) {
     v.comparison = cmp.value();
     v.rounding_floor = rounding_floor(ref.out, got.out.dtype(), skip.data());
-    EXPECT_TRUE(v.comparison.passed)
+    EXPECT_TRUE(opts.global_bound ? v.comparison.passed
+                                  : v.comparison.failures == 0 && v.comparison.non_finite == 0)
         << v.comparison.summary() << " worst at flat index " << v.comparison.worst_index
         << "; the reference rounded to " << to_string(got.out.dtype()) << " scores global rel "
         << v.rounding_floor << " (see rounding_floor)" << out_of_tolerance(ref, got, tol, skip);
