@@ -203,6 +203,10 @@ TEST(Soak, RandomLayersMatchTheReference) {
       static_cast<long long>(cases), static_cast<long long>(first), static_cast<long long>(tokens),
       static_cast<long long>(invalid_ids), static_cast<long long>(near_ties), elapsed(),
       static_cast<unsigned long long>(test::base_seed()));
+  // A few per run are chance (~0.2% of cases); many would mean the generator or a backend drifted
+  // to outputs the global bound no longer judges.
+  EXPECT_LE(per_element, std::max<std::int64_t>(2, ran / 100))
+      << "too many cases judged per element only";
   if (!failing.empty()) {
     std::printf("[ soak ] %zu failing case(s):", failing.size());
     for (std::int64_t f : failing) std::printf(" %lld", static_cast<long long>(f));

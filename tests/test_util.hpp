@@ -768,9 +768,9 @@ inline double rounding_floor(const GuardedOutput& ref, DType dtype,
   return ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
 }
 
-// The first few elements outside atol + rtol·|ref| (atol scaled as compare() does), with the
-// token's routing as each side chose it: what a failure report needs to tell a wrong row from a
-// wrong element.
+// The first few elements outside atol + rtol·|ref| (atol scaled as compare() does; elements whose
+// reference is not finite are left out, as compare() leaves them), with the token's routing as the
+// backend chose it: what a failure report needs to tell a wrong row from a wrong element.
 inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, Tolerance tol,
                                     const std::vector<std::uint8_t>& skip, int most = 8) {
   double sum2 = 0;
@@ -793,7 +793,9 @@ inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, 
     if (skip[static_cast<std::size_t>(r)] != 0) continue;
     for (std::int64_t c = 0; c < ref.out.cols() && listed < most; ++c) {
       const double want = ref.out.at(r, c), have = got.out.at(r, c);
-      if (std::abs(have - want) <= atol + tol.rtol * std::abs(want)) continue;
+      if (!std::isfinite(want) || std::abs(have - want) <= atol + tol.rtol * std::abs(want)) {
+        continue;
+      }
       if (r != last_row) {
         const std::int64_t k = static_cast<std::int64_t>(ref.ids_out.cols());
         s << "\n  token " << r << " (ids";

@@ -33,6 +33,7 @@ for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cublas, os; print(os.
 done
 
 pids=()
+SOAK_PID=  # a background soak (soak-start) not yet waited for
 # The gtest filter for one presets_real_test case over $PRESETS (all presets when unset).
 presets_filter() {
   local f="" p names
@@ -70,7 +71,7 @@ for step in "$@"; do
       ;;
     fault)
       # takes all of the GPU's memory for a while: never next to a background soak
-      [ -n "${SOAK_PID:-}" ] && { echo "fault: not while the soak runs (soak-wait first)"; continue; }
+      [ -n "$SOAK_PID" ] && { echo "fault: not while the soak runs (soak-wait first)"; continue; }
       log "device out-of-memory (cuda_fault_test)"
       timeout "${TEST_TIMEOUT:-300}" "$BUILD/bin/cuda_fault_test" >"$OUT/test_cuda_fault_test.log" 2>&1
       echo "exit $? (cuda_fault_test)" | tee -a "$OUT/summary.txt"
@@ -126,6 +127,7 @@ for step in "$@"; do
         tee -a "$OUT/summary.txt"
       ;;
     soak | soak-start)
+      [ -n "$SOAK_PID" ] && { echo "$step: a soak is already running (soak-wait first)"; continue; }
       log "soak (cuda, seed ${FUSEDMOE_TEST_SEED:-default}, ${SOAK_SECONDS:-600} s)"
       FUSEDMOE_TEST_BACKEND=cuda FUSEDMOE_SOAK_SECONDS="${SOAK_SECONDS:-600}" \
         FUSEDMOE_SOAK_CASES="${SOAK_CASES:-1000000}" timeout $((${SOAK_SECONDS:-600} + 60)) \
@@ -134,6 +136,7 @@ for step in "$@"; do
       [ "$step" = soak-start ] && continue
       ;&
     soak-wait)
+      [ -z "$SOAK_PID" ] && { echo "soak-wait: no soak is running"; continue; }
       wait "$SOAK_PID"
       echo "exit $? (soak_test)" | tee -a "$OUT/summary.txt"
       SOAK_PID=
@@ -176,3 +179,8 @@ for step in "$@"; do
     *) echo "unknown step $step" ;;
   esac
 done
+if [ -n "$SOAK_PID" ]; then  # soak-start without soak-wait: its verdict still goes in the summary
+  wait "$SOAK_PID"
+  echo "exit $? (soak_test)" | tee -a "$OUT/summary.txt"
+  tail -5 "$OUT/soak_cuda.log" | tee -a "$OUT/summary.txt"
+fi

@@ -175,9 +175,10 @@ Status pack_set(const LayerConfig& c, std::int64_t count, std::int64_t inter, Ex
   FUSEDMOE_RETURN_IF_ERROR(set.down_bias.upload(dn_bias));
   if (gemm_maps_weights()) {
     FUSEDMOE_RETURN_IF_ERROR(encode_rows_map(set.gate_up_map, c.dtype, set.gate_up.get(),
-                                             count * 2 * ip, hp, kWeightMapBoxRows));
-    FUSEDMOE_RETURN_IF_ERROR(
-        encode_rows_map(set.down_map, c.dtype, set.down.get(), count * hp, ip, kWeightMapBoxRows));
+                                             count * 2 * ip, hp, kWeightMapBoxCols,
+                                             kWeightMapBoxRows));
+    FUSEDMOE_RETURN_IF_ERROR(encode_rows_map(set.down_map, c.dtype, set.down.get(), count * hp, ip,
+                                             kWeightMapBoxCols, kWeightMapBoxRows));
     set.mapped = true;
   }
   return {};

@@ -1,6 +1,7 @@
 // Host launchers of the CUDA kernels (kernels/). Each picks the kernel and its template arguments
 // from plain arguments, launches it on `stream` and returns the launch's status. Nothing here
-// synchronises. Compiled by nvcc (launch_*.cu); callers need only the CUDA runtime header.
+// synchronises. Compiled by nvcc (launch_*.cu); callers need only the CUDA runtime header and
+// cuda.h's CUtensorMap (a plain struct: no driver calls).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -69,9 +70,10 @@ Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& 
 // limits of its GEMM instantiations (once per process and device).
 Status prepare_gemm_kernels();
 // Whether the mainloop prepare_gemm_kernels() picked loads the weights by TMA, so that every GEMM
-// call must pass them as tensor maps (rows of kWeightMapBoxRows per box).
+// call must pass them as tensor maps (boxes of kWeightMapBoxCols x kWeightMapBoxRows).
 bool gemm_maps_weights();
-inline constexpr int kWeightMapBoxRows = 128;
+inline constexpr int kWeightMapBoxCols = 64;   // the mainloops' BK
+inline constexpr int kWeightMapBoxRows = 128;  // the sm_90a tiles' BN
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,
                             int tokens, int logits, int hidden, int slices, float* partial,

@@ -73,8 +73,10 @@ struct GemmKernel {
   static auto mainloop() {
     if constexpr (kPath == Path::sm90) {
       using S = Sm90Shape<kTile, kWeighted>;
-      static_assert(S::kBN == kWeightMapBoxRows, "the weight maps' box is one tile of B");
-      return sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>{};
+      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>;
+      static_assert(M::kBN == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
+                    "the weight maps' box is one k-tile of B");
+      return M{};
     } else {
       using S = Sm80Shape<kTile, kWeighted>;
       return sm80::GroupedMainloop<Elem, S::kBM, S::kBN, S::kWarpsM, S::kWarpsN, S::kStages,

@@ -1,5 +1,6 @@
 // Instruction wrappers for sm_90a: the warpgroup MMA (wgmma), its fences, the shared-memory matrix
-// descriptor, and the proxy fence that makes ordinary shared-memory writes visible to it. Each
+// descriptor, the proxy fence that makes ordinary shared-memory writes visible to it, and the
+// mbarriers and bulk tensor copy (TMA) that load the weights. Each
 // wrapper is one PTX instruction. Compiled for anything but sm_90a, the bodies trap: the launcher
 // only picks sm_90a kernels on a device that runs that machine code.
 #pragma once
@@ -147,6 +148,8 @@ __device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, int count) {
 __device__ __forceinline__ void fence_mbarrier_init() {
 #if FUSEDMOE_WGMMA
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  __trap();
 #endif
 }
 
@@ -177,7 +180,8 @@ __device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, std::uint32_t 
 }
 
 // Copies the box at (c0, c1) (elements along the inner dimension, rows) of a 2-D tensor map into
-// shared memory, laid out and swizzled as the map says; completes `bytes` on `bar`. `map` is the
+// shared memory, laid out and swizzled as the map says; completes the box's bytes on `bar` (the
+// caller announced them with mbarrier_arrive_expect_tx). `map` is the
 // address of a __grid_constant__ kernel parameter (or const/global memory).
 __device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, int c0, int c1,
                                             std::uint64_t* bar) {
