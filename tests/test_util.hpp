@@ -768,24 +768,13 @@ inline double rounding_floor(const GuardedOutput& ref, DType dtype,
   return ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
 }
 
-// The first few elements outside atol + rtol·|ref| (atol scaled as compare() does; elements whose
-// reference is not finite are left out, as compare() leaves them), with the token's routing as the
-// backend chose it: what a failure report needs to tell a wrong row from a wrong element.
-inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, Tolerance tol,
+// The first few elements outside cmp.atol + rtol·|ref| (the bound compare() applied; elements
+// whose reference is not finite are left out), with the token's routing as the backend chose it:
+// what a failure report needs to tell a wrong row from a wrong element.
+inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got,
+                                    const Comparison& cmp, double rtol,
                                     const std::vector<std::uint8_t>& skip, int most = 8) {
-  double sum2 = 0;
-  std::int64_t n = 0;
-  for (std::int64_t r = 0; r < ref.out.rows(); ++r) {
-    for (std::int64_t c = 0; c < ref.out.cols(); ++c) {
-      const double f = ref.out.at(r, c);
-      if (skip[static_cast<std::size_t>(r)] == 0 && std::isfinite(f)) {
-        sum2 += f * f;
-        ++n;
-      }
-    }
-  }
-  const double atol =
-      tol.atol * std::max(1.0, n > 0 ? std::sqrt(sum2 / static_cast<double>(n)) : 0);
+  const double atol = cmp.atol;
   std::ostringstream s;
   int listed = 0;
   std::int64_t last_row = -1;
@@ -793,7 +782,7 @@ inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got, 
     if (skip[static_cast<std::size_t>(r)] != 0) continue;
     for (std::int64_t c = 0; c < ref.out.cols() && listed < most; ++c) {
       const double want = ref.out.at(r, c), have = got.out.at(r, c);
-      if (!std::isfinite(want) || std::abs(have - want) <= atol + tol.rtol * std::abs(want)) {
+      if (!std::isfinite(want) || std::abs(have - want) <= atol + rtol * std::abs(want)) {
         continue;
       }
       if (r != last_row) {
@@ -943,7 +932,8 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
                                   : v.comparison.failures == 0 && v.comparison.non_finite == 0)
         << v.comparison.summary() << " worst at flat index " << v.comparison.worst_index
         << "; the reference rounded to " << to_string(got.out.dtype()) << " scores global rel "
-        << v.rounding_floor << " (see rounding_floor)" << out_of_tolerance(ref, got, tol, skip);
+        << v.rounding_floor << " (see rounding_floor)"
+        << out_of_tolerance(ref, got, v.comparison, tol.rtol, skip);
   }
   return v;
 }

@@ -29,7 +29,8 @@ struct Comparison {
   double max_rel_error = 0;       // max |out - ref| / |ref| over |ref| > atol
   double global_rel_error = 0;    // ||out - ref||_2 / ||ref||_2
   std::int64_t worst_index = -1;  // flat index of the largest violation, -1 if none
-  bool passed = false;            // no failure and global_rel_error <= tolerance.global
+  double atol = 0;  // the per-element atol applied: tolerance.atol x max(1, the reference's RMS)
+  bool passed = false;  // no failure and global_rel_error <= tolerance.global
   std::string summary() const;
 };
 

@@ -73,6 +73,7 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
   }
   const double rms = counted > 0 ? std::sqrt(sum2 / static_cast<double>(counted)) : 0.0;
   const double atol = tol.atol * std::max(1.0, rms);
+  c.atol = atol;
   double err2 = 0, ref2 = 0, worst = 0;
   for (std::int64_t r = 0; r < rows; ++r) {
     if (skip_rows != nullptr && skip_rows[r] != 0) continue;
