@@ -47,17 +47,18 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
 };
 
 // The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
-// issues its own cp.async loads for A (the weights come by TMA) and then waits for its MMAs, so a
-// second block on the SM is what overlaps one block's loads with the other's MMAs: the m64n128
-// tiles keep to ~97 KB of stages for two blocks per SM. Measured on mixtral-8x7b T = 256 (H200,
-// bench/NOTES.md): one block per SM with rings of 7-9 stages made GEMM1 slower (651 us against 527
-// us with two 4-stage blocks); the weighted tile measured the same with 3 stages (two blocks) as
-// with 4 (one block).
+// issues its own cp.async loads for A (the weights come by TMA) and then waits for its MMAs, so
+// other blocks on the SM are what overlap one block's loads with another's MMAs. The m64n128 tiles
+// keep their rings small enough for three blocks per SM (their registers, 155-163 per thread,
+// allow three up to 170): 3 stages (72 KB) for the gated tile, 2 (64 KB) for the weighted one,
+// whose A stage holds two planes. Measured on mixtral-8x7b T = 256 (H200, bench/NOTES.md): 4 + 3
+// stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same call; one block per SM
+// with rings of 7-9 stages was slower still.
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m64n128, kWeighted> {
-  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 3 : 4;
+  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3;
 };
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {

@@ -4,10 +4,11 @@
 //   - NaN scores rank with -inf (then by index), so ids are always in range and distinct;
 //   - grouped routing keeps the experts of the topk_group best groups (score: sum of a group's two
 //     best selection values) and masks the rest, as if with -inf.
-// Each candidate is one 64-bit key, (orderable score << 32) | ~index, so a selection round is one
-// warp-wide max; key 0 marks "taken or masked". Scores and keys live in shared memory (4·E words
-// per warp). The logits arrive as fixed H-slices of partial sums (router_logits.cuh), added here
-// in slice order. Precomputed routing copies the caller's ids and weights instead.
+// Each candidate is one 32-bit key (an orderable score; index order breaks ties), a selection
+// round is two warp-wide reductions, and key 0 marks "taken or masked". Scores and keys live in
+// shared memory (4·E words per warp). The logits arrive as fixed H-slices of partial sums
+// (router_logits.cuh), added here in slice order. Precomputed routing copies the caller's ids and
+// weights instead.
 #pragma once
 
 #include <cstddef>
@@ -74,14 +75,6 @@ __device__ __forceinline__ std::uint32_t orderable(float v) {
 
 __device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-__device__ __forceinline__ std::uint64_t warp_max_u64(std::uint64_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const std::uint64_t w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = w > v ? w : v;
-  }
-  return v;
-}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -93,21 +86,46 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// The best remaining candidate among keys[0, n) (index order breaks ties); takes it.
-__device__ __forceinline__ int take_best(std::uint32_t* keys, int n, int lane) {
-  std::uint64_t best = 0;
-  for (int e = lane; e < n; e += 32) {
-    if (keys[e] == 0) continue;
-    const std::uint64_t c = (static_cast<std::uint64_t>(keys[e]) << 32) | (0xffffffffu - e);
-    best = c > best ? c : best;
+// Selection over keys[0, n) by rounds: every lane keeps the best of its own keys (indices
+// lane, lane + 32, ..., scanned upward, so the lower index wins a tie inside a lane); a round takes
+// the warp's largest key and, among lanes that hold it, the lowest index (two warp reductions).
+// Only the winner's lane marks its key taken and rescans its own keys.
+class Selector {
+ public:
+  __device__ __forceinline__ Selector(std::uint32_t* keys, int n, int lane)
+      : keys_(keys), n_(n), lane_(lane) {
+    rescan();
   }
-  best = warp_max_u64(best);
-  const int chosen = static_cast<int>(0xffffffffu - static_cast<std::uint32_t>(best));
-  __syncwarp();
-  if (lane == 0) keys[chosen] = 0;
-  __syncwarp();
-  return chosen;
-}
+  // The best remaining candidate; takes it.
+  __device__ __forceinline__ int take() {
+    const std::uint32_t top = __reduce_max_sync(0xffffffffu, key_);
+    const int chosen = static_cast<int>(
+        __reduce_min_sync(0xffffffffu, key_ == top ? static_cast<std::uint32_t>(index_) : ~0u));
+    if (top != 0 && chosen == index_) {  // this lane's best: mark it taken
+      keys_[chosen] = 0;
+      rescan();
+    }
+    return chosen;
+  }
+
+ private:
+  __device__ __forceinline__ void rescan() {
+    key_ = 0;
+    index_ = -1;
+#pragma unroll 4
+    for (int e = lane_; e < n_; e += 32) {
+      const std::uint32_t k = keys_[e];
+      if (k > key_) {
+        key_ = k;
+        index_ = e;
+      }
+    }
+  }
+  std::uint32_t* keys_;
+  int n_, lane_;
+  std::uint32_t key_ = 0;  // 0: this lane has nothing left
+  int index_ = -1;
+};
 
 __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RouteParams p) {
   extern __shared__ float route_smem[];
@@ -196,11 +214,12 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
       auto* gkeys = reinterpret_cast<std::uint32_t*>(aux);
       for (int g = lane; g < p.n_group; g += 32) gkeys[g] = orderable(aux[g]);
       __syncwarp();
+      Selector groups(gkeys, p.n_group, lane);
       for (int j = 0; j < p.topk_group; ++j) {
-        const int g = take_best(gkeys, p.n_group, lane);
+        const int g = groups.take();
         if (lane == 0) chosen[g] = 1;
-        __syncwarp();
       }
+      __syncwarp();
       for (int e = lane; e < e_count; e += 32) {
         if (chosen[e / size] == 0) keys[e] = 0;
       }
@@ -208,12 +227,26 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
     }
 
     // k rounds of warp-wide selection; lane 0 keeps the order in `chosen`
+    Selector experts(keys, e_count, lane);
     for (int j = 0; j < k; ++j) {
-      const int e = take_best(keys, e_count, lane);
+      const int e = experts.take();
       if (lane == 0) chosen[j] = e;
     }
     __syncwarp();
 
+    // The weights, a chosen expert per lane (j = lane, lane + 32, ...); sums over the chosen
+    // experts are warp reductions, in a fixed order.
+    const auto over_chosen = [&](auto f) {
+      float s = 0.0f;
+      for (int j = lane; j < k; j += 32) s += f(lg[chosen[j]]);
+      return warp_sum(s);
+    };
+    const auto write = [&](auto weight) {
+      for (int j = lane; j < k; j += 32) {
+        ids[j] = chosen[j];
+        weights[j] = weight(lg[chosen[j]]);
+      }
+    };
     if (p.kind == RoutingKindId::softmax_topk) {
       float mx = -INFINITY;
       for (int e = lane; e < e_count; e += 32) mx = fmaxf(mx, lg[e]);
@@ -221,36 +254,19 @@ __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RoutePa
       float sum = 0.0f;
       for (int e = lane; e < e_count; e += 32) sum += expf(lg[e] - mx);
       sum = warp_sum(sum);
-      if (lane == 0) {
-        float chosen_sum = 0.0f;
-        for (int j = 0; j < k; ++j) chosen_sum += expf(lg[chosen[j]] - mx) / sum;
-        const float denom = p.renormalize ? chosen_sum : 1.0f;
-        for (int j = 0; j < k; ++j) {
-          ids[j] = chosen[j];
-          weights[j] = expf(lg[chosen[j]] - mx) / sum / denom * p.scaling;
-        }
-      }
+      const auto prob = [&](float v) { return expf(v - mx) / sum; };
+      const float denom = p.renormalize ? over_chosen(prob) : 1.0f;
+      write([&](float v) { return prob(v) / denom * p.scaling; });
     } else if (p.kind == RoutingKindId::sigmoid_topk) {
-      if (lane == 0) {
-        float sum = 0.0f;
-        for (int j = 0; j < k; ++j) sum += sigmoidf_(lg[chosen[j]]);
-        const float denom = p.renormalize ? sum + 1e-20f : 1.0f;
-        for (int j = 0; j < k; ++j) {
-          ids[j] = chosen[j];
-          weights[j] = sigmoidf_(lg[chosen[j]]) / denom * p.scaling;
-        }
-      }
+      const auto sigmoid = [](float v) { return sigmoidf_(v); };
+      const float denom = p.renormalize ? over_chosen(sigmoid) + 1e-20f : 1.0f;
+      write([&](float v) { return sigmoidf_(v) / denom * p.scaling; });
     } else {  // topk_softmax: softmax over the k chosen logits
-      if (lane == 0) {
-        float mx = -INFINITY;
-        for (int j = 0; j < k; ++j) mx = fmaxf(mx, lg[chosen[j]]);
-        float sum = 0.0f;
-        for (int j = 0; j < k; ++j) sum += expf(lg[chosen[j]] - mx);
-        for (int j = 0; j < k; ++j) {
-          ids[j] = chosen[j];
-          weights[j] = expf(lg[chosen[j]] - mx) / sum * p.scaling;
-        }
-      }
+      float mx = -INFINITY;
+      for (int j = lane; j < k; j += 32) mx = fmaxf(mx, lg[chosen[j]]);
+      mx = warp_max(mx);
+      const float sum = over_chosen([&](float v) { return expf(v - mx); });
+      write([&](float v) { return expf(v - mx) / sum * p.scaling; });
     }
     __syncwarp();
   }
