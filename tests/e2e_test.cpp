@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <ostream>
 #include <set>
 #include <string>
@@ -367,6 +369,84 @@ TEST(E2E, ReferenceOutputInLayerDtypeIsItsF32OutputRounded) {
       ASSERT_EQ(bf16.out.at(t, h), rounded) << t << ", " << h;
     }
   }
+}
+
+TEST(E2E, ReferenceMagnitudeIsTheSumOfTheTermsAbsoluteValues) {
+  // One token, one expert (weight -2), H = I = 2, SwiGLU, by hand: act = (silu(1) * 3,
+  // silu(2) * -1); down = [[1, 1], [1, -1]] gives out = -2 (act0 + act1, act0 - act1), whose
+  // first element cancels, and the magnitude 2 (|act0| + |act1|) for both elements.
+  LayerConfig c = test::make_config(2, 2, 1, 1, DType::f32);
+  c.routing.kind = RoutingKind::precomputed;
+  HostWeights w = HostWeights::random(c, {.seed = 1, .fill = Fill::gaussian});
+  const float gate_up[8] = {1, 0, 0, 1, 1, 1, 1, -1};  // gate rows, then up rows: [2I, H]
+  const float down[4] = {1, 1, 1, -1};                 // [H, I]
+  ASSERT_EQ(w.gate_up.size_bytes(), sizeof gate_up);
+  ASSERT_EQ(w.down.size_bytes(), sizeof down);
+  std::memcpy(w.gate_up.bytes(), gate_up, sizeof gate_up);
+  std::memcpy(w.down.bytes(), down, sizeof down);
+  Result<Layer> layer = test::make_layer(c, w.view(), Backend::reference);
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+
+  const float x[2] = {1, 2}, weight = -2;
+  const std::int32_t id = 0;
+  float out[2] = {}, magnitude[2] = {};
+  ForwardArgs a;
+  a.x = make_tensor(static_cast<const void*>(x), DType::f32, {1, 2});
+  a.out = make_tensor(static_cast<void*>(out), DType::f32, {1, 2});
+  a.topk_ids = make_tensor(static_cast<const void*>(&id), DType::i32, {1, 1});
+  a.topk_weights = make_tensor(static_cast<const void*>(&weight), DType::f32, {1, 1});
+  a.magnitude_out = make_tensor(static_cast<void*>(magnitude), DType::f32, {1, 2});
+  ASSERT_TRUE(layer->forward(a).ok());
+  const auto silu = [](double z) { return z / (1.0 + std::exp(-z)); };
+  const double act0 = silu(1.0) * 3.0, act1 = silu(2.0) * -1.0;
+  EXPECT_NEAR(out[0], -2.0 * (act0 + act1), 1e-6);
+  EXPECT_NEAR(out[1], -2.0 * (act0 - act1), 1e-6);
+  EXPECT_NEAR(magnitude[0], 2.0 * (std::abs(act0) + std::abs(act1)), 1e-6);
+  EXPECT_NEAR(magnitude[1], 2.0 * (std::abs(act0) + std::abs(act1)), 1e-6);
+}
+
+TEST(E2E, MagnitudeOutIsTheReferencesAlone) {
+  const LayerConfig c = test::make_config(64, 32, 4, 2, DType::bf16);
+  const test::Problem p(c, 3);
+  Result<Layer> layer = test::make_layer(c, p.weights().view(), Backend::cpu);
+  ASSERT_TRUE(layer.ok());
+  test::GuardedOutput out(DType::bf16, 3, 64), magnitude(DType::f32, 3, 64);
+  std::vector<std::byte> ws(layer->workspace_size(3));
+  ForwardArgs a;
+  a.x = p.x;
+  a.out = out.ref();
+  a.workspace = {ws.data(), ws.size()};
+  a.magnitude_out = magnitude.ref();
+  const Status s = layer->forward(a);
+  EXPECT_EQ(s.code(), StatusCode::unsupported_config) << s.to_string();
+  EXPECT_NE(s.message().find("magnitude_out"), std::string::npos) << s.to_string();
+  EXPECT_EQ(test::count_poison(out.cref()), 3 * 64) << "a refused call wrote out";
+}
+
+TEST(E2E, CompareScalesAtolByTheTermMagnitude) {
+  // ref [0, 1]: RMS 0.71, so the base atol is 1e-5. An error of 5e-5 where the reference cancels
+  // to 0 fails on its own, passes when the element's terms add up to 10 in magnitude (atol 1e-4),
+  // and fails again at magnitude 1 (the base wins); the global bound is left out (loose).
+  const float ref[2] = {0.0f, 1.0f}, out[2] = {5e-5f, 1.0f};
+  const Tolerance tol{1e-5, 1e-3, 1.0};
+  const auto run = [&](const float* magnitude) {
+    Result<Comparison> c = compare(
+        make_tensor(static_cast<const void*>(out), DType::f32, {2}),
+        make_tensor(static_cast<const void*>(ref), DType::f32, {2}), tol, nullptr,
+        magnitude != nullptr ? make_tensor(static_cast<const void*>(magnitude), DType::f32, {2})
+                             : ConstTensorRef{});
+    EXPECT_TRUE(c.ok()) << c.status().to_string();
+    return c.ok() ? c->failures : -1;
+  };
+  const float big[2] = {10.0f, 10.0f}, small[2] = {1.0f, 1.0f};
+  EXPECT_EQ(run(nullptr), 1);
+  EXPECT_EQ(run(big), 0);
+  EXPECT_EQ(run(small), 1);
+  const float wrong_shape[3] = {1, 1, 1};
+  EXPECT_FALSE(compare(make_tensor(static_cast<const void*>(out), DType::f32, {2}),
+                       make_tensor(static_cast<const void*>(ref), DType::f32, {2}), tol, nullptr,
+                       make_tensor(static_cast<const void*>(wrong_shape), DType::f32, {3}))
+                   .ok());
 }
 
 TEST(E2E, ZipfRoutingIsSkewedAsAsked) {

@@ -285,5 +285,25 @@ TEST(Soak, Seed12Case75363IsZeroToWithinAtol) {
   test::check_against(p, ref, test::run_backend(p, Backend::cpu), per_element);
 }
 
+// Seed 11 case 13197 (bf16, geglu, k = 8, I = 11) failed on the GPU with the per-element atol
+// scaled by the reference's RMS: token 65's column 28 cancels to -1.6e-3 from terms some hundred
+// times larger, and the CUDA backend's activation (a bf16 hi + lo pair, ~16 bits) left 1.7e-4 of
+// error there. Judged by its term magnitude (CONTRACT.md's atol on the scale of the data the
+// element is computed from), the element is within tolerance on every backend.
+TEST(Soak, Seed11Case13197CancelsWithinItsTermMagnitude) {
+  const Backend backend = test::backend_under_test();
+  FUSEDMOE_TEST_REQUIRE_BACKEND(backend);
+  const SoakCase s = draw(soak_seed(13197, 11));
+  ASSERT_EQ(s.config.dtype, DType::bf16);
+  ASSERT_EQ(s.tokens, 129);
+  const test::Problem p(s.config, s.tokens, s.options);
+  SCOPED_TRACE(p.describe());
+  const test::RunResult ref = test::run_backend(p, Backend::reference);
+  ASSERT_TRUE(ref.status.ok());
+  const double want = ref.out.at(65, 28), magnitude = ref.magnitude.at(65, 28);
+  EXPECT_GT(magnitude, 100 * std::abs(want)) << "want " << want << ", magnitude " << magnitude;
+  test::check_against(p, ref, test::run_backend(p, backend));
+}
+
 }  // namespace
 }  // namespace fusedmoe

@@ -483,6 +483,8 @@ struct RunResult {
   GuardedOutput out{DType::f32, 0, 0};
   GuardedOutput ids_out{DType::i32, 0, 0};
   GuardedOutput weights_out{DType::f32, 0, 0};
+  // The reference only: each output element's term magnitude (ForwardArgs::magnitude_out).
+  GuardedOutput magnitude{DType::f32, 0, 0};
   std::int64_t invalid_ids = 0;
 
   std::vector<std::int32_t> ids(std::int64_t t, std::int64_t k) const {
@@ -650,6 +652,10 @@ inline RunResult run_layer(const Layer& layer, const Problem& p, DType out_dtype
   }
   a.ids_out = r.ids_out.ref();
   a.weights_out = r.weights_out.ref();
+  if (layer.backend() == Backend::reference) {
+    r.magnitude = GuardedOutput(DType::f32, t, p.config.hidden);
+    a.magnitude_out = r.magnitude.ref();
+  }
   for (int i = 0; i < repeats && r.status.ok(); ++i) r.status = layer.forward(a);
   r.invalid_ids = layer.take_invalid_id_count();
   return r;
@@ -768,13 +774,15 @@ inline double rounding_floor(const GuardedOutput& ref, DType dtype,
   return ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
 }
 
-// The first few elements outside cmp.atol + rtol·|ref| (the bound compare() applied; elements
-// whose reference is not finite are left out), with the token's routing as the backend chose it:
-// what a failure report needs to tell a wrong row from a wrong element.
+// The first few elements outside element_atol + rtol·|ref| (the bound compare() applied; elements
+// whose reference is not finite are left out), with the token's routing as the backend chose it
+// and the element's term magnitude: what a failure report needs to tell a wrong row from a wrong
+// element, and a wrong element from one that cancels.
 inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got,
-                                    const Comparison& cmp, double rtol,
+                                    const Comparison& cmp, const Tolerance& tol,
                                     const std::vector<std::uint8_t>& skip, int most = 8) {
-  const double atol = cmp.atol;
+  const bool has_magnitude =
+      ref.magnitude.rows() == ref.out.rows() && ref.magnitude.cols() == ref.out.cols();
   std::ostringstream s;
   int listed = 0;
   std::int64_t last_row = -1;
@@ -782,7 +790,9 @@ inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got,
     if (skip[static_cast<std::size_t>(r)] != 0) continue;
     for (std::int64_t c = 0; c < ref.out.cols() && listed < most; ++c) {
       const double want = ref.out.at(r, c), have = got.out.at(r, c);
-      if (!std::isfinite(want) || std::abs(have - want) <= atol + rtol * std::abs(want)) {
+      const double magnitude = has_magnitude ? ref.magnitude.at(r, c) : 0.0;
+      const double atol = element_atol(cmp.atol, tol, magnitude);
+      if (!std::isfinite(want) || std::abs(have - want) <= atol + tol.rtol * std::abs(want)) {
         continue;
       }
       if (r != last_row) {
@@ -794,7 +804,9 @@ inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got,
         s << "):";
         last_row = r;
       }
-      s << " col " << c << " got " << have << " want " << want << ";";
+      s << " col " << c << " got " << have << " want " << want;
+      if (has_magnitude) s << " (term magnitude " << magnitude << ")";
+      s << ";";
       ++listed;
     }
   }
@@ -920,10 +932,17 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
     std::printf("[ note ] %lld near-tie token(s) excluded (%s)\n",
                 static_cast<long long>(v.excluded_tokens), p.describe().c_str());
   }
-  // compare() scales atol by the reference's RMS (CONTRACT.md's atol is for O(1) outputs; an
-  // element that cancels to ~0 keeps the fp32 rounding of the terms it came from).
+  // compare() scales atol by each element's term magnitude (CONTRACT.md's atol is for O(1) data;
+  // an element that cancels to ~0 keeps the rounding error of the terms it came from).
   const Tolerance tol = tolerance_for(c.dtype);
-  Result<Comparison> cmp = compare(got.out.cref(), ref.out.cref(), tol, skip.data());
+  const bool has_magnitude =
+      ref.magnitude.rows() == ref.out.rows() && ref.magnitude.cols() == ref.out.cols();
+  EXPECT_TRUE(!has_magnitude || ref.magnitude.guard_intact())
+      << "reference wrote outside magnitude_out";
+  EXPECT_TRUE(!has_magnitude || count_poison(ref.magnitude.cref()) == 0)
+      << "reference left magnitude_out elements unwritten";
+  Result<Comparison> cmp = compare(got.out.cref(), ref.out.cref(), tol, skip.data(),
+                                   has_magnitude ? ref.magnitude.cref() : ConstTensorRef{});
   EXPECT_TRUE(cmp.ok()) << cmp.status().to_string();
   if (cmp.ok()) {
     v.comparison = cmp.value();
@@ -933,7 +952,7 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
         << v.comparison.summary() << " worst at flat index " << v.comparison.worst_index
         << "; the reference rounded to " << to_string(got.out.dtype()) << " scores global rel "
         << v.rounding_floor << " (see rounding_floor)"
-        << out_of_tolerance(ref, got, v.comparison, tol.rtol, skip);
+        << out_of_tolerance(ref, got, v.comparison, tol, skip);
   }
   return v;
 }

@@ -9,9 +9,11 @@
 
 namespace fusedmoe {
 
-// CONTRACT.md states tolerances for O(1) data: atol is for a reference of RMS 1 and grows with
-// the reference's RMS above that (an element that cancels to ~0 keeps the rounding error of the
-// terms it came from, which scale with the data).
+// CONTRACT.md states tolerances for O(1) data: atol is for data of magnitude 1 and grows with the
+// data's magnitude above that. An element that cancels to ~0 keeps the rounding error of the terms
+// it came from, so the magnitude that scales atol is, per element, the sum of the absolute values
+// of its terms when the reference reports it (ForwardArgs::magnitude_out), and never less than the
+// reference's RMS.
 struct Tolerance {
   double atol = 0;
   double rtol = 0;
@@ -29,14 +31,24 @@ struct Comparison {
   double max_rel_error = 0;       // max |out - ref| / |ref| over |ref| > atol
   double global_rel_error = 0;    // ||out - ref||_2 / ||ref||_2
   std::int64_t worst_index = -1;  // flat index of the largest violation, -1 if none
-  double atol = 0;  // the per-element atol applied: tolerance.atol x max(1, the reference's RMS)
+  // The per-element atol: tolerance.atol x max(1, the reference's RMS), or, for an element whose
+  // term magnitude m is given and larger, tolerance.atol x m (see element_atol).
+  double atol = 0;
   bool passed = false;  // no failure and global_rel_error <= tolerance.global
   std::string summary() const;
 };
 
 // Both tensors on the CPU, same shape; `out` of any float dtype, `ref` f32 or the same.
-// Rows listed in `skip_rows` (when non-null, [rows] of uint8) are left out.
+// Rows listed in `skip_rows` (when non-null, [rows] of uint8) are left out. `magnitude`, when
+// present, is f32 of the same shape: each element's term magnitude (ForwardArgs::magnitude_out).
 Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tolerance,
-                           const std::uint8_t* skip_rows = nullptr);
+                           const std::uint8_t* skip_rows = nullptr, ConstTensorRef magnitude = {});
+
+// The absolute tolerance of an element of term magnitude `magnitude` (0 if unknown) under a
+// comparison whose base atol is `base_atol` (Comparison::atol).
+inline double element_atol(double base_atol, const Tolerance& tolerance, double magnitude) {
+  const double scaled = tolerance.atol * magnitude;
+  return scaled > base_atol ? scaled : base_atol;
+}
 
 }  // namespace fusedmoe

@@ -36,7 +36,7 @@ std::string Comparison::summary() const {
 }
 
 Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol,
-                           const std::uint8_t* skip_rows) {
+                           const std::uint8_t* skip_rows, ConstTensorRef magnitude) {
   if (out.rank < 1 || out.rank > 2 || ref.rank != out.rank || out.size(0) != ref.size(0) ||
       (out.rank == 2 && out.size(1) != ref.size(1))) {
     return Status{StatusCode::invalid_shape,
@@ -50,6 +50,22 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
     if (t->dtype == DType::i32) return Status{StatusCode::invalid_dtype, "compare needs floats"};
     if (t->numel() > 0 && t->data == nullptr) {
       return Status{StatusCode::null_pointer, "compare got a null tensor"};
+    }
+  }
+  if (magnitude.present()) {
+    if (magnitude.rank != ref.rank || magnitude.size(0) != ref.size(0) ||
+        (ref.rank == 2 && magnitude.size(1) != ref.size(1))) {
+      return Status{StatusCode::invalid_shape,
+                    "compare's magnitude must have the reference's "
+                    "shape, got " +
+                        describe(magnitude)};
+    }
+    if (magnitude.numel() > 0 && magnitude.data == nullptr) {
+      return Status{StatusCode::null_pointer, "compare got a null magnitude tensor"};
+    }
+    if (magnitude.device.kind != DeviceKind::cpu || magnitude.dtype != DType::f32) {
+      return Status{StatusCode::invalid_dtype,
+                    "compare's magnitude must be f32 on the host, got " + describe(magnitude)};
     }
   }
   Comparison c;
@@ -96,7 +112,13 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
         continue;
       }
       const double d = std::abs(o - f);
-      const double allowed = atol + tol.rtol * std::abs(f);
+      const double m =
+          magnitude.present()
+              ? double{static_cast<const float*>(
+                    magnitude.data)[r * magnitude.stride(0) +
+                                    (magnitude.rank == 2 ? col * magnitude.stride(1) : 0)]}
+              : 0.0;
+      const double allowed = element_atol(atol, tol, m) + tol.rtol * std::abs(f);
       err2 += d * d;
       ref2 += f * f;
       c.max_abs_error = std::max(c.max_abs_error, d);

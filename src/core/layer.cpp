@@ -107,6 +107,13 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
       core::check_optional_tensor(a.ids_out, {"ids_out", {t, k}, {DType::i32}, dev}));
   FUSEDMOE_RETURN_IF_ERROR(
       core::check_optional_tensor(a.weights_out, {"weights_out", {t, k}, {DType::f32}, dev}));
+  if (a.magnitude_out.present() && ops.kind() != Backend::reference) {
+    return {StatusCode::unsupported_config,
+            "magnitude_out is computed by the reference backend only, not by " +
+                std::string(to_string(ops.kind()))};
+  }
+  FUSEDMOE_RETURN_IF_ERROR(core::check_optional_tensor(
+      a.magnitude_out, {"magnitude_out", {t, c.hidden}, {DType::f32}, dev}));
   if (a.workspace.bytes < workspace_needed) {
     return {StatusCode::workspace_too_small,
             "workspace has " + std::to_string(a.workspace.bytes) + " bytes, forward needs " +

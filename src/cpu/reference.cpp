@@ -5,6 +5,7 @@
 // own.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <new>
 #include <vector>
 
@@ -72,15 +73,24 @@ double dot(const double* a, DType dtype, const void* b, std::int64_t n) {
   return acc;
 }
 
+// Σ_h |a[h] · b[h]|: the magnitude of the terms dot() adds.
+double abs_dot(const double* a, DType dtype, const void* b, std::int64_t n) {
+  double acc = 0;
+  for (std::int64_t h = 0; h < n; ++h) acc += std::abs(a[h] * double{load_f32(dtype, b, h)});
+  return acc;
+}
+
 const std::byte* row_ptr(const std::vector<std::byte>& m, DType dtype, std::int64_t row,
                          std::int64_t cols) {
   return m.data() + static_cast<std::size_t>(row * cols) * dtype_size(dtype);
 }
 
-// One expert MLP on one token: y[h] = Σ_i act(x·gate_i + bg_i, x·up_i + bu_i) · down[h, i] + bd_h.
+// One expert MLP on one token: y[h] = Σ_i act(x·gate_i + bg_i, x·up_i + bu_i) · down[h, i] + bd_h,
+// and, when `y_mag` is not null, y_mag[h] = Σ_i |act_i · down[h, i]| + |bd_h|.
 void expert_mlp(const LayerConfig& c, const double* x, std::int64_t inter, const std::byte* gate,
                 const std::byte* up, const std::byte* down, const float* gate_bias,
-                const float* up_bias, const float* down_bias, double* act, double* y) {
+                const float* up_bias, const float* down_bias, double* act, double* y,
+                double* y_mag) {
   const std::int64_t h_dim = c.hidden;
   const std::size_t es = dtype_size(c.dtype);
   for (std::int64_t i = 0; i < inter; ++i) {
@@ -93,8 +103,10 @@ void expert_mlp(const LayerConfig& c, const double* x, std::int64_t inter, const
     act[i] = core::apply_activation(c, g, u);
   }
   for (std::int64_t h = 0; h < h_dim; ++h) {
-    y[h] = dot(act, c.dtype, down + static_cast<std::size_t>(h * inter) * es, inter) +
-           (down_bias != nullptr ? double{down_bias[h]} : 0.0);
+    const std::byte* row = down + static_cast<std::size_t>(h * inter) * es;
+    const double bias = down_bias != nullptr ? double{down_bias[h]} : 0.0;
+    y[h] = dot(act, c.dtype, row, inter) + bias;
+    if (y_mag != nullptr) y_mag[h] = abs_dot(act, c.dtype, row, inter) + std::abs(bias);
   }
 }
 
@@ -135,6 +147,7 @@ class ReferenceBackend final : public core::BackendOps {
     const LayerConfig& c = w.config;
     const std::int64_t tokens = a.x.size(0), h_dim = c.hidden, k = c.top_k, e_count = c.experts;
     const std::int64_t inter = c.intermediate, shared_inter = c.shared.intermediate;
+    const bool magnitude = a.magnitude_out.present();
     std::int64_t invalid = 0;
 
     // Per-thread scratch, allocated before anything is written: an exception must not leave an
@@ -142,13 +155,17 @@ class ReferenceBackend final : public core::BackendOps {
     std::atomic<bool> out_of_memory{false};
 #pragma omp parallel reduction(+ : invalid)
     {
-      std::vector<double> x, acc, y, act, logits, real_scratch;
+      std::vector<double> x, acc, y, act, logits, real_scratch, mag, y_mag;
       std::vector<std::int32_t> index_scratch, ids;
       std::vector<float> weights;
       try {
         x.resize(static_cast<std::size_t>(h_dim));
         acc.resize(x.size());
         y.resize(x.size());
+        if (magnitude) {
+          mag.resize(x.size());
+          y_mag.resize(x.size());
+        }
         act.resize(static_cast<std::size_t>(std::max(inter, shared_inter)));
         logits.resize(static_cast<std::size_t>(e_count));
         real_scratch.resize(static_cast<std::size_t>(core::kRouteRealScratch * e_count));
@@ -185,6 +202,8 @@ class ReferenceBackend final : public core::BackendOps {
           }
 
           std::fill(acc.begin(), acc.end(), 0.0);
+          std::fill(mag.begin(), mag.end(), 0.0);
+          double* const y_mag_or_null = magnitude ? y_mag.data() : nullptr;
           for (std::int64_t j = 0; j < k; ++j) {
             const std::int64_t e = ids[j];
             if (e < 0 || e >= e_count) {
@@ -192,17 +211,23 @@ class ReferenceBackend final : public core::BackendOps {
               continue;
             }
             const bool bias = c.expert_bias;
-            expert_mlp(c, x.data(), inter, row_ptr(w.gate, c.dtype, e * inter, h_dim),
-                       row_ptr(w.up, c.dtype, e * inter, h_dim),
-                       row_ptr(w.down, c.dtype, e * h_dim, inter),
-                       bias ? &w.gate_bias[e * inter] : nullptr,
-                       bias ? &w.up_bias[e * inter] : nullptr,
-                       bias ? &w.down_bias[e * h_dim] : nullptr, act.data(), y.data());
+            expert_mlp(
+                c, x.data(), inter, row_ptr(w.gate, c.dtype, e * inter, h_dim),
+                row_ptr(w.up, c.dtype, e * inter, h_dim),
+                row_ptr(w.down, c.dtype, e * h_dim, inter),
+                bias ? &w.gate_bias[e * inter] : nullptr, bias ? &w.up_bias[e * inter] : nullptr,
+                bias ? &w.down_bias[e * h_dim] : nullptr, act.data(), y.data(), y_mag_or_null);
             for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += double{weights[j]} * y[h];
+            if (magnitude) {
+              for (std::int64_t h = 0; h < h_dim; ++h) {
+                mag[h] += std::abs(double{weights[j]}) * y_mag[h];
+              }
+            }
           }
           if (shared_inter > 0) {
             expert_mlp(c, x.data(), shared_inter, w.shared_gate.data(), w.shared_up.data(),
-                       w.shared_down.data(), nullptr, nullptr, nullptr, act.data(), y.data());
+                       w.shared_down.data(), nullptr, nullptr, nullptr, act.data(), y.data(),
+                       y_mag_or_null);
             double gate = 1.0;
             if (c.shared.gated) {
               double g = 0;
@@ -210,11 +235,21 @@ class ReferenceBackend final : public core::BackendOps {
               gate = core::sigmoid(g);
             }
             for (std::int64_t h = 0; h < h_dim; ++h) acc[h] += gate * y[h];
+            if (magnitude) {
+              for (std::int64_t h = 0; h < h_dim; ++h) mag[h] += std::abs(gate) * y_mag[h];
+            }
           }
 
           for (std::int64_t h = 0; h < h_dim; ++h) {
             core::store_f32(a.out.dtype, a.out.data, t * a.out.stride(0) + h,
                             static_cast<float>(acc[h]));
+          }
+          if (magnitude) {
+            auto* m = static_cast<float*>(a.magnitude_out.data);
+            for (std::int64_t h = 0; h < h_dim; ++h) {
+              m[t * a.magnitude_out.stride(0) + h * a.magnitude_out.stride(1)] =
+                  static_cast<float>(mag[h]);
+            }
           }
           for (std::int64_t j = 0; j < k; ++j) {
             if (a.ids_out.present()) {

@@ -343,13 +343,15 @@ Status LayerRunner::prepare(const Workload& work) {
   return {};
 }
 
-Status LayerRunner::call(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out) {
+Status LayerRunner::call(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out,
+                         TensorRef magnitude_out) {
   if (Status s = prepare(work); !s.ok()) return s;
   const Layer& layer = layers_[static_cast<std::size_t>(rep) % layers_.size()];
   const std::size_t batch = static_cast<std::size_t>(rep) % work.x.size();
   ForwardArgs args;
   args.ids_out = ids_out;
   args.weights_out = weights_out;
+  args.magnitude_out = magnitude_out;  // the layer refuses it off the reference backend
   if (!on_gpu()) {
     args.x = work.x[batch].cref();
     args.out = out_.ref();
@@ -377,9 +379,13 @@ Status LayerRunner::call(const Workload& work, int rep, TensorRef ids_out, Tenso
 
 Status LayerRunner::enqueue(const Workload& work, int rep) { return call(work, rep, {}, {}); }
 
-Status LayerRunner::forward(const Workload& work, int rep, TensorRef ids_out,
-                            TensorRef weights_out) {
-  if (!on_gpu()) return call(work, rep, ids_out, weights_out);
+Status LayerRunner::forward(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out,
+                            TensorRef magnitude_out) {
+  if (!on_gpu()) return call(work, rep, ids_out, weights_out, magnitude_out);
+  if (magnitude_out.present()) {
+    return {StatusCode::unsupported_config,
+            "magnitude_out is computed by the reference backend only, not on a GPU"};
+  }
   // The routing outputs go to device buffers of the same shape and come back with the output.
   const auto like = [](TensorRef host, std::optional<DeviceTensor>& device) {
     if (!host.present()) return Status{};

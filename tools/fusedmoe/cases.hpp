@@ -126,8 +126,10 @@ class LayerRunner {
   Status prepare(const Workload& work);
   // One forward of repetition `rep` (weight copy rep % copies, input batch rep % batches) with
   // its results in host memory: out() and the optional ids_out / weights_out (host [T, k] int32 /
-  // f32). Synchronous on every backend.
-  Status forward(const Workload& work, int rep, TensorRef ids_out = {}, TensorRef weights_out = {});
+  // f32) and, on the reference backend, magnitude_out (host [T, H] f32: ForwardArgs). Synchronous
+  // on every backend.
+  Status forward(const Workload& work, int rep, TensorRef ids_out = {}, TensorRef weights_out = {},
+                 TensorRef magnitude_out = {});
   // Only the layer call of repetition `rep`, as it is timed: on the GPU enqueued on stream() (the
   // work must be made on_device), on the CPU run to completion. out() is not updated.
   Status enqueue(const Workload& work, int rep);
@@ -138,7 +140,8 @@ class LayerRunner {
   struct AlignedDelete {
     void operator()(std::byte* p) const;
   };
-  Status call(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out);
+  Status call(const Workload& work, int rep, TensorRef ids_out, TensorRef weights_out,
+              TensorRef magnitude_out = {});
 
   Backend backend_ = Backend::cpu;
   DType out_dtype_ = DType::f32;

@@ -72,9 +72,11 @@ void verify_layer(const Options& o, const LayerCase& layer, Backend backend,
       const Result<Workload> work = make_workload(c, tokens, 1, skew, o.seed, test->on_gpu());
       HostTensor test_ids(DType::i32, {tokens, c.top_k}), test_w(DType::f32, {tokens, c.top_k});
       HostTensor ref_ids(DType::i32, {tokens, c.top_k}), ref_w(DType::f32, {tokens, c.top_k});
+      HostTensor ref_magnitude(DType::f32, {tokens, c.hidden});
       Status s = work.status();
       if (s.ok()) s = test->forward(work.value(), 0, test_ids.ref(), test_w.ref());
-      if (s.ok()) s = ref->forward(work.value(), 0, ref_ids.ref(), ref_w.ref());
+      if (s.ok())
+        s = ref->forward(work.value(), 0, ref_ids.ref(), ref_w.ref(), ref_magnitude.ref());
       if (!s.ok()) {
         std::printf("%-20s %5lld %6g  FAIL: %s\n", layer.name.c_str(),
                     static_cast<long long>(tokens), skew, s.to_string().c_str());
@@ -89,8 +91,8 @@ void verify_layer(const Options& o, const LayerCase& layer, Backend backend,
       };
       const RoutingCheck routing = check_routing(tokens, c.top_k, ids(test_ids), weights(test_w),
                                                  ids(ref_ids), weights(ref_w));
-      const Result<Comparison> cmp =
-          compare(test->out().cref(), ref->out().cref(), tol, routing.skip_rows.data());
+      const Result<Comparison> cmp = compare(test->out().cref(), ref->out().cref(), tol,
+                                             routing.skip_rows.data(), ref_magnitude.cref());
       if (!cmp.ok()) {
         std::printf("%-20s %5lld %6g  FAIL: %s\n", layer.name.c_str(),
                     static_cast<long long>(tokens), skew, cmp.status().to_string().c_str());
