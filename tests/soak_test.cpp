@@ -305,5 +305,22 @@ TEST(Soak, Seed11Case13197CancelsWithinItsTermMagnitude) {
   test::check_against(p, ref, test::run_backend(p, backend));
 }
 
+// Seed 31 case 81379 (H = 1, sigmoid routing over 128 experts, large x) failed the near-tie cap
+// on the GPU and the CPU alike: 20 of 349 tokens chose other experts than the reference, all
+// among scores of 1 - 1e-8 or so. Those are exact ties in the router's fp32 arithmetic (a
+// saturated sigmoid is 1.0f), which the lower index wins, so they do not count against the cap.
+TEST(Soak, Seed31Case81379TiesExactlyInF32) {
+  const Backend backend = test::backend_under_test();
+  FUSEDMOE_TEST_REQUIRE_BACKEND(backend);
+  const SoakCase s = draw(soak_seed(81379, 31));
+  ASSERT_EQ(s.config.hidden, 1);
+  ASSERT_EQ(s.config.routing.kind, RoutingKind::sigmoid_topk);
+  const test::Problem p(s.config, s.tokens, s.options);
+  SCOPED_TRACE(p.describe());
+  const test::Verdict v = test::check_against(p, test::run_backend(p, Backend::reference),
+                                              test::run_backend(p, backend));
+  EXPECT_GT(v.f32_tied_tokens, s.tokens / 50) << "the case no longer ties: it tests nothing";
+}
+
 }  // namespace
 }  // namespace fusedmoe
