@@ -405,6 +405,65 @@ TEST(E2E, ReferenceMagnitudeIsTheSumOfTheTermsAbsoluteValues) {
   EXPECT_NEAR(magnitude[1], 2.0 * (std::abs(act0) + std::abs(act1)), 1e-6);
 }
 
+TEST(E2E, ReferenceMagnitudeCountsBiasesTheSharedExpertAndNotInvalidSlots) {
+  // The layer above (as expert 0 of two) with expert biases, a gated shared expert (I = 1) and a
+  // second slot whose id is out of range (it contributes nothing, to the output or to the
+  // magnitude). The gate and up biases move the activation: act = (silu(1 + 0.5) * (3 - 1),
+  // silu(2) * (-1 + 0)).
+  LayerConfig c = test::make_config(2, 2, 2, 2, DType::f32);
+  c.routing.kind = RoutingKind::precomputed;
+  c.expert_bias = true;
+  c.shared.intermediate = 1;
+  c.shared.gated = true;
+  HostWeights w = HostWeights::random(c, {.seed = 1, .fill = Fill::gaussian});
+  const float gate_up[8] = {1, 0, 0, 1, 1, 1, 1, -1};
+  const float gate_up_bias[4] = {0.5f, 0, -1, 0};  // gate biases, then up biases
+  const float down[4] = {1, 1, 1, -1}, down_bias[2] = {0.5f, -0.25f};
+  const float shared_gate[2] = {1, 0}, shared_up[2] = {0, 1}, shared_down[2] = {1, -1};
+  const float shared_gate_weight[2] = {1, 1};
+  // expert 0's values (the first rows of the expert tensors), or the whole shared tensor
+  const auto put = [](HostTensor& t, const float* v, std::size_t bytes) {
+    ASSERT_GE(t.size_bytes(), bytes);
+    ASSERT_EQ(t.cref().dtype, DType::f32);
+    std::memcpy(t.bytes(), v, bytes);
+  };
+  put(w.gate_up, gate_up, sizeof gate_up);
+  put(w.gate_up_bias, gate_up_bias, sizeof gate_up_bias);
+  put(w.down, down, sizeof down);
+  put(w.down_bias, down_bias, sizeof down_bias);
+  put(w.shared_gate, shared_gate, sizeof shared_gate);
+  put(w.shared_up, shared_up, sizeof shared_up);
+  put(w.shared_down, shared_down, sizeof shared_down);
+  put(w.shared_gate_weight, shared_gate_weight, sizeof shared_gate_weight);
+  Result<Layer> layer = test::make_layer(c, w.view(), Backend::reference);
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+
+  const float x[2] = {1, 2}, weights[2] = {-2, 5};
+  const std::int32_t ids[2] = {0, 7};
+  float out[2] = {}, magnitude[2] = {};
+  ForwardArgs a;
+  a.x = make_tensor(static_cast<const void*>(x), DType::f32, {1, 2});
+  a.out = make_tensor(static_cast<void*>(out), DType::f32, {1, 2});
+  a.topk_ids = make_tensor(static_cast<const void*>(ids), DType::i32, {1, 2});
+  a.topk_weights = make_tensor(static_cast<const void*>(weights), DType::f32, {1, 2});
+  a.magnitude_out = make_tensor(static_cast<void*>(magnitude), DType::f32, {1, 2});
+  ASSERT_TRUE(layer->forward(a).ok());
+  EXPECT_EQ(layer->take_invalid_id_count(), 1);
+  const auto silu = [](double z) { return z / (1.0 + std::exp(-z)); };
+  const double act0 = silu(1.5) * 2.0, act1 = silu(2.0) * -1.0;
+  const double shared_act = silu(1.0) * 2.0, gate = 1.0 / (1.0 + std::exp(-3.0));
+  const double y[2] = {act0 + act1 + 0.5, act0 - act1 - 0.25};
+  const double shared_y[2] = {shared_act, -shared_act};
+  const double bias_abs[2] = {0.5, 0.25};
+  for (int h = 0; h < 2; ++h) {
+    EXPECT_NEAR(out[h], -2.0 * y[h] + gate * shared_y[h], 1e-6) << h;
+    EXPECT_NEAR(magnitude[h],
+                2.0 * (std::abs(act0) + std::abs(act1) + bias_abs[h]) + gate * std::abs(shared_act),
+                1e-6)
+        << h;
+  }
+}
+
 TEST(E2E, MagnitudeOutIsTheReferencesAlone) {
   const LayerConfig c = test::make_config(64, 32, 4, 2, DType::bf16);
   const test::Problem p(c, 3);

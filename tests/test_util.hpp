@@ -720,9 +720,11 @@ inline bool nearly_equal(double a, double b, double rel = 1e-5) {
 // Whether two backends choosing `got` instead of the reference's `ref` for token t is a
 // near-tie: every expert in one set and not the other scores within ~1e-5 of the reference's
 // boundary (its lowest chosen score), or, for grouped routing, the boundary between the kept and
-// the dropped groups ties. `*f32_tie` (when given) says whether those experts' scores computed in
-// fp32 (SelectionScores::expert_f32, the router's arithmetic) equal the boundary expert's: a
-// sigmoid saturated to 1.0f, for one, ties exactly, and the lower index wins by the routing rules.
+// the dropped groups ties. `*f32_tie` (when given) says whether the swap is an exact tie in fp32
+// broken by the routing rules: those experts' scores computed in fp32 (SelectionScores::
+// expert_f32, the router's arithmetic) equal the boundary expert's (a sigmoid saturated to 1.0f,
+// for one), and every expert only `got` has a lower index than every expert only `ref` has
+// (the lower index wins a tie).
 inline bool is_near_tie(const Problem& p, std::int64_t t, const std::vector<std::int32_t>& ref,
                         const std::vector<std::int32_t>& got, bool* f32_tie = nullptr) {
   const SelectionScores s = selection_scores(p, t);
@@ -743,15 +745,22 @@ inline bool is_near_tie(const Problem& p, std::int64_t t, const std::vector<std:
                                           : std::numeric_limits<float>::quiet_NaN();
   };
   bool expert_tie = true, exact = true;
+  std::int32_t lowest_ref_only = std::numeric_limits<std::int32_t>::max();
+  std::int32_t highest_got_only = std::numeric_limits<std::int32_t>::min();
   for (const auto* side : {&ref, &got}) {
     const auto* other = side == &ref ? &got : &ref;
     for (std::int32_t e : *side) {
       if (std::find(other->begin(), other->end(), e) != other->end()) continue;
       expert_tie = expert_tie && nearly_equal(score(e), boundary);
       exact = exact && score_f32(e) == boundary_f32;
+      if (side == &ref) {
+        lowest_ref_only = std::min(lowest_ref_only, e);
+      } else {
+        highest_got_only = std::max(highest_got_only, e);
+      }
     }
   }
-  if (f32_tie != nullptr) *f32_tie = expert_tie && exact;
+  if (f32_tie != nullptr) *f32_tie = expert_tie && exact && highest_got_only < lowest_ref_only;
   if (expert_tie) return true;
   if (s.group.empty()) return false;
   // the kept groups of the reference are those of its chosen experts plus, possibly, others

@@ -42,8 +42,9 @@ struct ForwardArgs {
   // Optional, reference backend only: [T, H] f32, for each output element the sum of the absolute
   // values of the terms it adds up (routing weight x activation x down weight over every slot and
   // intermediate column, the down biases, and the shared expert's terms times its gate). Rounding
-  // anywhere in a computation leaves an error proportional to it, so it is the scale that
-  // compare() judges an element's absolute error by. Other backends refuse it.
+  // of the activations, the weights and the down projection leaves an error proportional to it
+  // (not rounding inside the gate and up dot products, which scales with their own terms), so it
+  // is the scale that compare() judges an element's absolute error by. Other backends refuse it.
   TensorRef magnitude_out;
   void* stream = nullptr;  // CUDA backend: the cudaStream_t to run on (nullptr: default stream)
 };

@@ -98,6 +98,9 @@ class Selector {
   }
   // The best remaining candidate; takes it.
   __device__ __forceinline__ int take() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // warp reductions need sm_80; the CUDA backend runs on sm_80 and newer only
+#endif
     const std::uint32_t top = __reduce_max_sync(0xffffffffu, key_);
     const int chosen = static_cast<int>(
         __reduce_min_sync(0xffffffffu, key_ == top ? static_cast<std::uint32_t>(index_) : ~0u));
