@@ -28,6 +28,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -487,6 +488,10 @@ struct RunResult {
   GuardedOutput magnitude{DType::f32, 0, 0};
   std::int64_t invalid_ids = 0;
 
+  bool has_magnitude() const {
+    return magnitude.rows() == out.rows() && magnitude.cols() == out.cols();
+  }
+
   std::vector<std::int32_t> ids(std::int64_t t, std::int64_t k) const {
     const auto b = ids_out.row_bytes(t);
     std::vector<std::int32_t> v(static_cast<std::size_t>(k));
@@ -728,22 +733,22 @@ inline bool nearly_equal(double a, double b, double rel = 1e-5) {
 inline bool is_near_tie(const Problem& p, std::int64_t t, const std::vector<std::int32_t>& ref,
                         const std::vector<std::int32_t>& got, bool* f32_tie = nullptr) {
   const SelectionScores s = selection_scores(p, t);
-  const auto score = [&](std::int32_t e) {
-    return e >= 0 && e < p.config.experts ? s.expert[static_cast<std::size_t>(e)]
-                                          : std::numeric_limits<double>::quiet_NaN();
+  // expert e's entry of `scores` (s.expert or s.expert_f32), NaN for an id out of range
+  const auto of = [&](const auto& scores, std::int32_t e) {
+    using T = typename std::decay_t<decltype(scores)>::value_type;
+    return e >= 0 && e < p.config.experts ? scores[static_cast<std::size_t>(e)]
+                                          : std::numeric_limits<T>::quiet_NaN();
   };
+  const auto score = [&](std::int32_t e) { return of(s.expert, e); };
+  const auto score_f32 = [&](std::int32_t e) { return of(s.expert_f32, e); };
   double boundary = std::numeric_limits<double>::infinity();
   float boundary_f32 = std::numeric_limits<float>::quiet_NaN();
   for (std::int32_t e : ref) {
     if (score(e) < boundary) {
       boundary = score(e);
-      boundary_f32 = s.expert_f32[static_cast<std::size_t>(e)];
+      boundary_f32 = score_f32(e);
     }
   }
-  const auto score_f32 = [&](std::int32_t e) {
-    return e >= 0 && e < p.config.experts ? s.expert_f32[static_cast<std::size_t>(e)]
-                                          : std::numeric_limits<float>::quiet_NaN();
-  };
   bool expert_tie = true, exact = true;
   std::int32_t lowest_ref_only = std::numeric_limits<std::int32_t>::max();
   std::int32_t highest_got_only = std::numeric_limits<std::int32_t>::min();
@@ -813,8 +818,7 @@ inline double rounding_floor(const GuardedOutput& ref, DType dtype,
 inline std::string out_of_tolerance(const RunResult& ref, const RunResult& got,
                                     const Comparison& cmp, const Tolerance& tol,
                                     const std::vector<std::uint8_t>& skip, int most = 8) {
-  const bool has_magnitude =
-      ref.magnitude.rows() == ref.out.rows() && ref.magnitude.cols() == ref.out.cols();
+  const bool has_magnitude = ref.has_magnitude();
   std::ostringstream s;
   int listed = 0;
   std::int64_t last_row = -1;
@@ -972,8 +976,7 @@ inline Verdict check_against(const Problem& p, const RunResult& ref, const RunRe
   // compare() scales atol by each element's term magnitude (CONTRACT.md's atol is for O(1) data;
   // an element that cancels to ~0 keeps the rounding error of the terms it came from).
   const Tolerance tol = tolerance_for(c.dtype);
-  const bool has_magnitude =
-      ref.magnitude.rows() == ref.out.rows() && ref.magnitude.cols() == ref.out.cols();
+  const bool has_magnitude = ref.has_magnitude();
   EXPECT_TRUE(!has_magnitude || ref.magnitude.guard_intact())
       << "reference wrote outside magnitude_out";
   EXPECT_TRUE(!has_magnitude || count_poison(ref.magnitude.cref()) == 0)

@@ -1,6 +1,7 @@
 // Comparing an output with a reference under CONTRACT.md's tolerances.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -45,10 +46,11 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
                            const std::uint8_t* skip_rows = nullptr, ConstTensorRef magnitude = {});
 
 // The absolute tolerance of an element of term magnitude `magnitude` (0 if unknown) under a
-// comparison whose base atol is `base_atol` (Comparison::atol).
+// comparison whose base atol is `base_atol` (Comparison::atol). A magnitude that is not finite
+// (overflowed to f32 infinity, or NaN) allows nothing beyond the base.
 inline double element_atol(double base_atol, const Tolerance& tolerance, double magnitude) {
   const double scaled = tolerance.atol * magnitude;
-  return scaled > base_atol ? scaled : base_atol;
+  return scaled > base_atol && scaled < HUGE_VAL ? scaled : base_atol;
 }
 
 }  // namespace fusedmoe

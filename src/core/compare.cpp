@@ -73,10 +73,11 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
   }
   Comparison c;
   const std::int64_t rows = out.size(0), cols = out.rank == 2 ? out.size(1) : 1;
-  const auto ref_at = [&](std::int64_t r, std::int64_t col) -> double {
-    return core::load_f32(ref.dtype, ref.data,
-                          r * ref.stride(0) + (ref.rank == 2 ? col * ref.stride(1) : 0));
+  // element (r, col) of any of the [rows] or [rows, cols] tensors compared
+  const auto at = [](const ConstTensorRef& t, std::int64_t r, std::int64_t col) -> double {
+    return core::load_f32(t.dtype, t.data, r * t.stride(0) + (t.rank == 2 ? col * t.stride(1) : 0));
   };
+  const auto ref_at = [&](std::int64_t r, std::int64_t col) { return at(ref, r, col); };
   // the reference's RMS over the compared, finite elements scales atol (see Tolerance)
   double sum2 = 0;
   std::int64_t counted = 0;
@@ -97,8 +98,7 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
   for (std::int64_t r = 0; r < rows; ++r) {
     if (skip_rows != nullptr && skip_rows[r] != 0) continue;
     for (std::int64_t col = 0; col < cols; ++col) {
-      const std::int64_t oi = r * out.stride(0) + (out.rank == 2 ? col * out.stride(1) : 0);
-      const double o = core::load_f32(out.dtype, out.data, oi);
+      const double o = at(out, r, col);
       const double f = ref_at(r, col);
       ++c.elements;
       if (!std::isfinite(f)) {
@@ -115,12 +115,7 @@ Result<Comparison> compare(ConstTensorRef out, ConstTensorRef ref, Tolerance tol
         continue;
       }
       const double d = std::abs(o - f);
-      double m = magnitude.present()
-                     ? double{static_cast<const float*>(
-                           magnitude.data)[r * magnitude.stride(0) +
-                                           (magnitude.rank == 2 ? col * magnitude.stride(1) : 0)]}
-                     : 0.0;
-      if (!std::isfinite(m)) m = 0;  // an overflowed magnitude allows nothing extra
+      const double m = magnitude.present() ? at(magnitude, r, col) : 0.0;
       const double allowed = element_atol(atol, tol, m) + tol.rtol * std::abs(f);
       err2 += d * d;
       ref2 += f * f;
