@@ -15,6 +15,10 @@
 #                                 the same soak in the background while the steps between run
 #                                 (checks only: timing steps belong after soak-wait)
 #   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
+#   bench/gpu/h200.sh ab          builds or settings timed alternately in one call (bench/NOTES.md):
+#                                 AB="base/fusedmoe bin/fusedmoe bin/fusedmoe:FUSEDMOE_CUDA_OVERLAP=1"
+#                                 (binaries under $BUILD, each with optional :VAR=value,...),
+#                                 AB_ARGS (fusedmoe bench flags), AB_ROUNDS (2)
 #   bench/gpu/h200.sh python      pip install . (CUDA build) and python/tests
 #   bench/gpu/h200.sh hf          bench/peers/hf_patch.py: transformers blocks patched vs not
 #                                 (the machine has no network: WHEELS names a folder of wheels
@@ -141,6 +145,19 @@ for step in "$@"; do
       echo "exit $? (soak_test)" | tee -a "$OUT/summary.txt"
       SOAK_PID=
       tail -5 "$OUT/soak_cuda.log" | tee -a "$OUT/summary.txt"
+      ;;
+    ab)
+      log "A/B timings"
+      for round in $(seq "${AB_ROUNDS:-2}"); do
+        for entry in ${AB:?AB names the binaries to compare}; do
+          bin=${entry%%:*} settings=""
+          [ "$entry" != "$bin" ] && settings=${entry#*:}
+          echo "== $entry (round $round, $(date -u +%H:%M:%S))" | tee -a "$OUT/ab.txt"
+          # shellcheck disable=SC2086  # AB_ARGS and the settings are word lists
+          env ${settings//,/ } timeout "${AB_TIMEOUT:-120}" "$BUILD/$bin" bench --backend cuda \
+            ${AB_ARGS:-} --quiet 2>&1 | tee -a "$OUT/ab.txt"
+        done
+      done
       ;;
     adversarial)
       log "adversarial routing under compute-sanitizer memcheck (cuda)"

@@ -210,7 +210,7 @@ class CudaBackend final : public core::BackendOps {
                         " experts, got " + std::to_string(c.experts)};
     }
     FUSEDMOE_CUDA_CHECK(cudaSetDevice(0));
-    FUSEDMOE_RETURN_IF_ERROR(prepare_gemm_kernels());
+    FUSEDMOE_RETURN_IF_ERROR(prepare_kernels());
     auto w = std::make_unique<CudaWeights>(Backend::cuda, c);
     FUSEDMOE_RETURN_IF_ERROR(pack_set(
         c, c.experts, c.intermediate, w->experts, [&](std::int64_t e) { return src.gate(e); },

@@ -66,13 +66,17 @@ struct WeightedGemmArgs {
 Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& args,
                             cudaStream_t stream);
 
-// Picks the mainloop the device runs (sm_90a wgmma or sm_80 mma.sync) and sets the shared-memory
-// limits of its GEMM instantiations (once per process and device).
-Status prepare_gemm_kernels();
-// Whether the mainloop prepare_gemm_kernels() picked loads the weights by TMA, so that every GEMM
+// Picks the mainloop the device runs (sm_90a wgmma or sm_80 mma.sync), sets the shared-memory
+// limits of its GEMM instantiations and decides whether launches overlap (once per process and
+// device).
+Status prepare_kernels();
+// Whether the launchers start kernels with programmatic dependent launch (launch_kernel.cuh): on
+// sm_90 and later with FUSEDMOE_CUDA_OVERLAP=1 (off by default until it is measured).
+bool launches_overlap();
+// Whether the mainloop prepare_kernels() picked loads the weights by TMA, so that every GEMM
 // call must pass them as tensor maps (boxes of kWeightMapBoxCols x kWeightMapBoxRows).
 bool gemm_maps_weights();
-inline constexpr int kWeightMapBoxCols = 64;   // the mainloops' BK
+inline constexpr int kWeightMapBoxCols = 64;   // the sm_90a mainloop's BK: 64 or 32
 inline constexpr int kWeightMapBoxRows = 128;  // the sm_90a tiles' BN
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,

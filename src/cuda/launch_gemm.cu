@@ -2,7 +2,8 @@
 // arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 2 sm_90a
 // tiles). On an sm_90 device that runs this build's sm_90a machine code, tiles of 64 rows and more
 // use the wgmma mainloop, which loads the weights through tensor maps; everywhere else (and with
-// FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one.
+// FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one. prepare_kernels(), the per-device set-up of every
+// launcher, is here too: the mainloop choice is most of it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -18,6 +19,7 @@
 #include "cuda/kernels/gemm/sm80/grouped_mainloop.cuh"
 #include "cuda/kernels/gemm/sm90/grouped_mainloop.cuh"
 #include "cuda/launch.hpp"
+#include "cuda/launch_kernel.cuh"
 #include "cuda/tensor_map.hpp"
 
 namespace fusedmoe::cuda {
@@ -46,23 +48,26 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
 };
 
-// The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
-// issues its own cp.async loads for A (the weights come by TMA) and then waits for its MMAs, so
-// other blocks on the SM are what overlap one block's loads with another's MMAs. The m64n128 tiles
-// keep their rings small enough for three blocks per SM (their registers, 155-163 per thread,
-// allow three up to 170): 3 stages (72 KB) for the gated tile, 2 (64 KB) for the weighted one,
-// whose A stage holds two planes. Measured on mixtral-8x7b T = 256 (H200, bench/NOTES.md): 4 + 3
-// stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same call; one block per SM
-// with rings of 7-9 stages was slower still.
+// The sm_90a tiles: (BM, BN, stages of BK columns), one warpgroup per 64 rows. In this mainloop
+// each warpgroup issues its own cp.async loads for A (the weights come by TMA) and then waits for
+// its MMAs, so other blocks on the SM are what overlap one block's loads with another's MMAs. The
+// m64n128 tiles keep their rings small enough for three blocks per SM (their registers, 155-170
+// per thread, allow three up to 170): 3 stages (72 KB) for the gated tile, 2 (64 KB) for the
+// weighted one, whose A stage holds two planes. Measured on mixtral-8x7b T = 256 (H200,
+// bench/NOTES.md): 4 + 3 stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same
+// call; one block per SM with rings of 7-9 stages was slower still. BK is the width of the
+// weights' map box (launch.hpp). The mainloop also takes BK = 32, with twice the stages in the
+// same bytes: not yet measured (bench/NOTES.md, 2026-12-07).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m64n128, kWeighted> {
-  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3;
+  static constexpr int kBM = 64, kBN = 128, kBK = kWeightMapBoxCols;
+  static constexpr int kStages = (kWeighted ? 2 : 3) * 64 / kBK;
 };
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {
-  static constexpr int kBM = 128, kBN = 128, kStages = 4;
+  static constexpr int kBM = 128, kBN = 128, kBK = kWeightMapBoxCols, kStages = 4 * 64 / kBK;
 };
 
 enum class Path : std::uint8_t { sm80, sm90 };
@@ -74,7 +79,7 @@ struct GemmKernel {
   static auto mainloop() {
     if constexpr (kPath == Path::sm90) {
       using S = Sm90Shape<kTile, kWeighted>;
-      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>;
+      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes, S::kBK>;
       static_assert(M::kBN == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
                     "the weight maps' box is one k-tile of B");
       return M{};
@@ -101,8 +106,10 @@ struct GemmKernel {
   }
 };
 
-// The mainloop of the 64- and 128-row tiles: set by prepare_gemm_kernels() before any launch.
+// The mainloop of the 64- and 128-row tiles, and whether launches overlap: set by
+// prepare_kernels() before any launch.
 std::atomic<Path> g_path{Path::sm80};
+std::atomic<bool> g_overlap{false};
 
 constexpr bool has_sm90(GemmTile tile) { return tile != GemmTile::m16n64; }
 
@@ -137,8 +144,7 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.activation = {static_cast<ActivationKind>(a.activation), a.limit, a.alpha};
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
                   static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  K::fn()<<<grid, K::kThreads, K::kSmem, stream>>>(p);
-  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_gated");
+  FUSEDMOE_CUDA_CHECK(launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p));
   return {};
 }
 
@@ -161,8 +167,7 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.y_ld = a.y_ld;
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
                   static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  K::fn()<<<grid, K::kThreads, K::kSmem, stream>>>(p);
-  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_weighted");
+  FUSEDMOE_CUDA_CHECK(launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p));
   return {};
 }
 
@@ -243,7 +248,7 @@ Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& 
                         [&]<class K>() { return weighted<K>(args, stream); });
 }
 
-Status prepare_gemm_kernels() {
+Status prepare_kernels() {
   static std::mutex mutex;
   static int prepared_device = -1;
   int device = 0;
@@ -262,10 +267,17 @@ Status prepare_gemm_kernels() {
     }
   }
   g_path.store(chosen, std::memory_order_relaxed);
+  int major = 0;
+  FUSEDMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const char* overlap = std::getenv("FUSEDMOE_CUDA_OVERLAP");
+  g_overlap.store(major >= 9 && overlap != nullptr && std::string_view(overlap) == "1",
+                  std::memory_order_relaxed);
   prepared_device = device;
   return {};
 }
 
 bool gemm_maps_weights() { return current_path() == Path::sm90; }
+
+bool launches_overlap() { return g_overlap.load(std::memory_order_relaxed); }
 
 }  // namespace fusedmoe::cuda

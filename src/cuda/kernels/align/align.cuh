@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/ptx/grid_dependency.cuh"
+
 namespace fusedmoe::cuda {
 
 inline constexpr int kAlignThreads = 1024;
@@ -32,6 +34,7 @@ struct AlignParams {
 };
 
 __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p) {
+  ptx::enter_dependent_grid();
   using Scan = cub::BlockScan<int, kAlignThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   extern __shared__ int align_smem[];

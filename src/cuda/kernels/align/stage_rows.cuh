@@ -4,11 +4,14 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/ptx/grid_dependency.cuh"
+
 namespace fusedmoe::cuda {
 
 template <class Elem>
 __global__ void stage_rows(const Elem* x, std::int64_t x_ld, int tokens, int cols, Elem* staged,
                            int ld) {
+  ptx::enter_dependent_grid();
   const int t = static_cast<int>(blockIdx.x);
   if (t >= tokens) return;
   for (int c = static_cast<int>(threadIdx.x); c < ld; c += static_cast<int>(blockDim.x)) {

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/ptx/grid_dependency.cuh"
+
 namespace fusedmoe::cuda {
 
 inline constexpr int kCombineThreads = 256;
@@ -45,6 +47,7 @@ __device__ __forceinline__ void add(float (&acc)[kVec], const float* y) {
 // kVec = 4 needs hidden, out_ld and out 4-element aligned (the launcher checks).
 template <class Elem, int kVec>
 __global__ void __launch_bounds__(kCombineThreads) combine_slots(const CombineParams p) {
+  ptx::enter_dependent_grid();
   const int t = static_cast<int>(blockIdx.x);
   const int* pos = p.pos + static_cast<std::int64_t>(t) * p.top_k;
   Elem* out = static_cast<Elem*>(p.out) + t * p.out_ld;

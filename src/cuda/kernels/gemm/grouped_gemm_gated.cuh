@@ -17,6 +17,7 @@
 
 #include "cuda/kernels/epilogue/gated_activation.cuh"
 #include "cuda/kernels/gemm/map_rows.cuh"
+#include "cuda/kernels/ptx/grid_dependency.cuh"
 #include "cuda/kernels/scheduler/tile_list.cuh"
 
 namespace fusedmoe::cuda {
@@ -48,6 +49,7 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
+    ptx::enter_dependent_grid();
     constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
     static_assert(Mainloop::kWarpN % 16 == 0, "each warp holds whole (gate, up) fragment pairs");
     extern __shared__ __align__(128) unsigned char smem_raw[];

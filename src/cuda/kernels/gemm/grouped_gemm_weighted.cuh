@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cuda/kernels/gemm/map_rows.cuh"
+#include "cuda/kernels/ptx/grid_dependency.cuh"
 #include "cuda/kernels/scheduler/tile_list.cuh"
 
 namespace fusedmoe::cuda {
@@ -38,6 +39,7 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
+    ptx::enter_dependent_grid();
     constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
     extern __shared__ __align__(128) unsigned char smem_raw[];
 

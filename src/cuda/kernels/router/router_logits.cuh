@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "cuda/kernels/ptx/grid_dependency.cuh"
+
 namespace fusedmoe::cuda {
 
 inline constexpr int kRouterSliceK = 256;
@@ -32,6 +34,7 @@ __global__ void __launch_bounds__(kRouterThreads)
   // A slice is two steps of kBK columns; each thread issues all its loads of a step before it
   // stores any, and the next step's loads before computing this one: decode batches are a few
   // blocks deep and latency, not bandwidth, is what they wait on.
+  ptx::enter_dependent_grid();
   constexpr int kBK = 128;
   constexpr int kLoads = kRouterTileT * kBK / kRouterThreads;  // per operand per thread
   static_assert(kRouterTileT == kRouterTileL, "one load pattern for both operands");

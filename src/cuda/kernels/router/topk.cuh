@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/kernels/ptx/grid_dependency.cuh"
+
 namespace fusedmoe::cuda {
 
 enum class RoutingKindId : int {
@@ -131,6 +133,7 @@ class Selector {
 };
 
 __global__ void __launch_bounds__(kTopkMaxWarps * 32) route_tokens(const RouteParams p) {
+  ptx::enter_dependent_grid();
   extern __shared__ float route_smem[];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int t = static_cast<int>(blockIdx.x * (blockDim.x / 32)) + warp;

@@ -1,0 +1,32 @@
+// How the launchers (launch_*.cu) start the forward's kernels: kernel<<<grid, block, smem,
+// stream>>>(args...), with programmatic dependent launch where launches_overlap() says the device
+// has it (sm_90 and later). The kernel may then be scheduled while the kernel before it on the
+// stream drains, and it waits for that kernel inside; so every kernel started here begins with
+// ptx::enter_dependent_grid() (kernels/ptx/grid_dependency.cuh). Returns the launch's error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "cuda/launch.hpp"
+
+namespace fusedmoe::cuda {
+
+template <class... Params, class... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+                          cudaStream_t stream, const Args&... args) {
+  cudaLaunchAttribute overlap{};
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &overlap;
+  config.numAttrs = launches_overlap() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+}  // namespace fusedmoe::cuda
