@@ -144,7 +144,8 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.activation = {static_cast<ActivationKind>(a.activation), a.limit, a.alpha};
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
                   static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  FUSEDMOE_CUDA_CHECK(launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p));
+  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
+  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_gated");
   return {};
 }
 
@@ -167,7 +168,8 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.y_ld = a.y_ld;
   const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
                   static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  FUSEDMOE_CUDA_CHECK(launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p));
+  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
+  FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_weighted");
   return {};
 }
 

@@ -1,8 +1,9 @@
-// How the launchers (launch_*.cu) start the forward's kernels: kernel<<<grid, block, smem,
-// stream>>>(args...), with programmatic dependent launch where launches_overlap() says the device
-// has it (sm_90 and later). The kernel may then be scheduled while the kernel before it on the
-// stream drains, and it waits for that kernel inside; so every kernel started here begins with
-// ptx::enter_dependent_grid() (kernels/ptx/grid_dependency.cuh). Returns the launch's error.
+// How the launchers (launch_*.cu) start the forward's kernels: in place of kernel<<<grid, block,
+// smem, stream>>>(args...), with programmatic dependent launch where launches_overlap() says so
+// (sm_90 and later). The kernel may then be scheduled while the kernel before it on the stream
+// drains, and it waits for that kernel inside; so every kernel started here begins with
+// ptx::enter_dependent_grid() (kernels/ptx/grid_dependency.cuh). As with <<< >>>, a failed launch
+// is this thread's last error: the caller checks it with FUSEDMOE_CUDA_CHECK_LAUNCH.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,8 +15,8 @@
 namespace fusedmoe::cuda {
 
 template <class... Params, class... Args>
-cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
-                          cudaStream_t stream, const Args&... args) {
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+                   cudaStream_t stream, const Args&... args) {
   cudaLaunchAttribute overlap{};
   overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap.val.programmaticStreamSerializationAllowed = 1;
@@ -26,7 +27,7 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std:
   config.stream = stream;
   config.attrs = &overlap;
   config.numAttrs = launches_overlap() ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, args...);
+  static_cast<void>(cudaLaunchKernelEx(&config, kernel, args...));
 }
 
 }  // namespace fusedmoe::cuda

@@ -31,21 +31,21 @@ Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const
                             cudaStream_t stream) {
   const dim3 grid(blocks(logits, kRouterTileL), blocks(tokens, kRouterTileT),
                   static_cast<unsigned>(slices));
-  const auto launch = [&]<class Elem>() {
-    return launch_kernel(router_logits<Elem>, grid, kRouterThreads, 0, stream,
-                         static_cast<const Elem*>(x), x_ld, router, tokens, logits, hidden,
-                         partial);
-  };
   switch (dtype) {
     case DType::bf16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__nv_bfloat16>());
-      return {};
+      launch_kernel(router_logits<__nv_bfloat16>, grid, kRouterThreads, 0, stream,
+                    static_cast<const __nv_bfloat16*>(x), x_ld, router, tokens, logits, hidden,
+                    partial);
+      break;
     case DType::f16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__half>());
-      return {};
+      launch_kernel(router_logits<__half>, grid, kRouterThreads, 0, stream,
+                    static_cast<const __half*>(x), x_ld, router, tokens, logits, hidden, partial);
+      break;
     default:
       return {StatusCode::invalid_dtype, "the CUDA router takes bf16 or f16 activations"};
   }
+  FUSEDMOE_CUDA_CHECK_LAUNCH("router_logits");
+  return {};
 }
 
 Status launch_route(const RouteArgs& a, cudaStream_t stream) {
@@ -74,9 +74,9 @@ Status launch_route(const RouteArgs& a, cudaStream_t stream) {
   constexpr std::size_t kSmemLimit = 48 * 1024;
   const int warps = static_cast<int>(
       std::clamp<std::size_t>(kSmemLimit / topk_smem_bytes(a.experts, 1), 1, kTopkMaxWarps));
-  FUSEDMOE_CUDA_CHECK(launch_kernel(route_tokens, blocks(a.tokens, warps),
-                                    static_cast<unsigned>(warps * 32),
-                                    topk_smem_bytes(a.experts, warps), stream, p));
+  launch_kernel(route_tokens, blocks(a.tokens, warps), static_cast<unsigned>(warps * 32),
+                topk_smem_bytes(a.experts, warps), stream, p);
+  FUSEDMOE_CUDA_CHECK_LAUNCH("route_tokens");
   return {};
 }
 
@@ -93,28 +93,30 @@ Status launch_align(const AlignArgs& a, cudaStream_t stream) {
   p.tile_count = a.tile_count;
   p.invalid_ids = a.invalid_ids;
   const std::size_t smem = 2 * static_cast<std::size_t>(a.experts) * sizeof(int);
-  FUSEDMOE_CUDA_CHECK(launch_kernel(align_slots, 1, kAlignThreads, smem, stream, p));
+  launch_kernel(align_slots, 1, kAlignThreads, smem, stream, p);
+  FUSEDMOE_CUDA_CHECK_LAUNCH("align_slots");
   return {};
 }
 
 Status launch_stage_rows(DType dtype, const void* x, std::int64_t x_ld, int tokens, int cols,
                          void* staged, int ld, cudaStream_t stream) {
   constexpr int kThreads = 256;
-  const auto launch = [&]<class Elem>() {
-    return launch_kernel(stage_rows<Elem>, static_cast<unsigned>(tokens), kThreads, 0, stream,
-                         static_cast<const Elem*>(x), x_ld, tokens, cols,
-                         static_cast<Elem*>(staged), ld);
-  };
   switch (dtype) {
     case DType::bf16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__nv_bfloat16>());
-      return {};
+      launch_kernel(stage_rows<__nv_bfloat16>, static_cast<unsigned>(tokens), kThreads, 0, stream,
+                    static_cast<const __nv_bfloat16*>(x), x_ld, tokens, cols,
+                    static_cast<__nv_bfloat16*>(staged), ld);
+      break;
     case DType::f16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__half>());
-      return {};
+      launch_kernel(stage_rows<__half>, static_cast<unsigned>(tokens), kThreads, 0, stream,
+                    static_cast<const __half*>(x), x_ld, tokens, cols, static_cast<__half*>(staged),
+                    ld);
+      break;
     default:
       return {StatusCode::invalid_dtype, "staging takes bf16 or f16"};
   }
+  FUSEDMOE_CUDA_CHECK_LAUNCH("stage_rows");
+  return {};
 }
 
 Status launch_combine(DType dtype, const CombineArgs& a, cudaStream_t stream) {
@@ -132,19 +134,21 @@ Status launch_combine(DType dtype, const CombineArgs& a, cudaStream_t stream) {
     // 4 columns per thread when every row of out starts at a multiple of 4 elements
     const bool vec = a.hidden % 4 == 0 && a.out_ld % 4 == 0 &&
                      reinterpret_cast<std::uintptr_t>(a.out) % (4 * sizeof(Elem)) == 0;
-    return launch_kernel(vec ? combine_slots<Elem, 4> : combine_slots<Elem, 1>,
-                         static_cast<unsigned>(a.tokens), kCombineThreads, 0, stream, p);
+    launch_kernel(vec ? combine_slots<Elem, 4> : combine_slots<Elem, 1>,
+                  static_cast<unsigned>(a.tokens), kCombineThreads, 0, stream, p);
   };
   switch (dtype) {
     case DType::bf16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__nv_bfloat16>());
-      return {};
+      launch.template operator()<__nv_bfloat16>();
+      break;
     case DType::f16:
-      FUSEDMOE_CUDA_CHECK(launch.template operator()<__half>());
-      return {};
+      launch.template operator()<__half>();
+      break;
     default:
       return {StatusCode::invalid_dtype, "combine writes bf16 or f16"};
   }
+  FUSEDMOE_CUDA_CHECK_LAUNCH("combine_slots");
+  return {};
 }
 
 }  // namespace fusedmoe::cuda

@@ -31,10 +31,10 @@ template <class Elem>
 __global__ void __launch_bounds__(kRouterThreads)
     router_logits(const Elem* __restrict__ x, std::int64_t x_ld, const float* __restrict__ router,
                   int tokens, int logits, int hidden, float* __restrict__ partial) {
+  ptx::enter_dependent_grid();
   // A slice is two steps of kBK columns; each thread issues all its loads of a step before it
   // stores any, and the next step's loads before computing this one: decode batches are a few
   // blocks deep and latency, not bandwidth, is what they wait on.
-  ptx::enter_dependent_grid();
   constexpr int kBK = 128;
   constexpr int kLoads = kRouterTileT * kBK / kRouterThreads;  // per operand per thread
   static_assert(kRouterTileT == kRouterTileL, "one load pattern for both operands");
