@@ -16,9 +16,10 @@
 #                                 (checks only: timing steps belong after soak-wait)
 #   bench/gpu/h200.sh adversarial the adversarial routing suite under compute-sanitizer memcheck
 #   bench/gpu/h200.sh ab          builds or settings timed alternately in one call (bench/NOTES.md):
-#                                 AB="base/fusedmoe bin/fusedmoe bin/fusedmoe:FUSEDMOE_CUDA_OVERLAP=1"
+#                                 AB="base/fusedmoe bin/fusedmoe bin/fusedmoe:FUSEDMOE_CUDA_OVERLAP=0"
 #                                 (binaries under $BUILD, each with optional :VAR=value,...),
-#                                 AB_ARGS (fusedmoe bench flags), AB_ROUNDS (2)
+#                                 AB_ARGS (fusedmoe bench flags), AB_ROUNDS (2); rows in
+#                                 $OUT/ab.jsonl, each tagged with its entry and round
 #   bench/gpu/h200.sh python      pip install . (CUDA build) and python/tests
 #   bench/gpu/h200.sh hf          bench/peers/hf_patch.py: transformers blocks patched vs not
 #                                 (the machine has no network: WHEELS names a folder of wheels
@@ -153,11 +154,16 @@ for step in "$@"; do
           bin=${entry%%:*} settings=""
           [ "$entry" != "$bin" ] && settings=${entry#*:}
           echo "== $entry (round $round, $(date -u +%H:%M:%S))" | tee -a "$OUT/ab.txt"
+          rm -f "$OUT/ab.part.jsonl"
           # shellcheck disable=SC2086  # AB_ARGS and the settings are word lists
           env ${settings//,/ } timeout "${AB_TIMEOUT:-120}" "$BUILD/$bin" bench --backend cuda \
-            ${AB_ARGS:-} --quiet 2>&1 | tee -a "$OUT/ab.txt"
+            ${AB_ARGS:-} --quiet --json "$OUT/ab.part.jsonl" 2>&1 | tee -a "$OUT/ab.txt"
+          # every row names the entry it came from (the binaries may share a commit)
+          [ -f "$OUT/ab.part.jsonl" ] &&
+            sed "s|}\$|, \"ab_entry\": \"$entry\", \"ab_round\": $round}|" "$OUT/ab.part.jsonl" >>"$OUT/ab.jsonl"
         done
       done
+      rm -f "$OUT/ab.part.jsonl"
       ;;
     adversarial)
       log "adversarial routing under compute-sanitizer memcheck (cuda)"

@@ -71,12 +71,12 @@ Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& 
 // device).
 Status prepare_kernels();
 // Whether the launchers start kernels with programmatic dependent launch (launch_kernel.cuh): on
-// sm_90 and later with FUSEDMOE_CUDA_OVERLAP=1 (off by default until it is measured).
+// sm_90 and later unless FUSEDMOE_CUDA_OVERLAP=0 (3-9 us less per forward, bench/NOTES.md).
 bool launches_overlap();
 // Whether the mainloop prepare_kernels() picked loads the weights by TMA, so that every GEMM
 // call must pass them as tensor maps (boxes of kWeightMapBoxCols x kWeightMapBoxRows).
 bool gemm_maps_weights();
-inline constexpr int kWeightMapBoxCols = 64;   // the sm_90a mainloop's BK: 64 or 32
+inline constexpr int kWeightMapBoxCols = 64;   // the mainloops' BK
 inline constexpr int kWeightMapBoxRows = 128;  // the sm_90a tiles' BN
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,

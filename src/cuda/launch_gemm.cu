@@ -48,26 +48,24 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kWarpsM = 2, kWarpsN = 4, kStages = 3;
 };
 
-// The sm_90a tiles: (BM, BN, stages of BK columns), one warpgroup per 64 rows. In this mainloop
-// each warpgroup issues its own cp.async loads for A (the weights come by TMA) and then waits for
-// its MMAs, so other blocks on the SM are what overlap one block's loads with another's MMAs. The
-// m64n128 tiles keep their rings small enough for three blocks per SM (their registers, 155-170
-// per thread, allow three up to 170): 3 stages (72 KB) for the gated tile, 2 (64 KB) for the
-// weighted one, whose A stage holds two planes. Measured on mixtral-8x7b T = 256 (H200,
-// bench/NOTES.md): 4 + 3 stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same
-// call; one block per SM with rings of 7-9 stages was slower still. BK is the width of the
-// weights' map box (launch.hpp). The mainloop also takes BK = 32, with twice the stages in the
-// same bytes: not yet measured (bench/NOTES.md, 2026-12-07).
+// The sm_90a tiles: (BM, BN, stages), one warpgroup per 64 rows. In this mainloop each warpgroup
+// issues its own cp.async loads for A (the weights come by TMA) and then waits for its MMAs, so
+// other blocks on the SM are what overlap one block's loads with another's MMAs. The m64n128 tiles
+// keep their rings small enough for three blocks per SM (their registers, 155-163 per thread,
+// allow three up to 170): 3 stages (72 KB) for the gated tile, 2 (64 KB) for the weighted one,
+// whose A stage holds two planes. Measured on mixtral-8x7b T = 256 (H200, bench/NOTES.md): 4 + 3
+// stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same call; one block per SM
+// with rings of 7-9 stages was slower still, and so were stages of 32 columns with twice as many
+// of them in the same bytes (H100, 2026-12-07: mixtral T = 256 1204 -> 1245 us).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m64n128, kWeighted> {
-  static constexpr int kBM = 64, kBN = 128, kBK = kWeightMapBoxCols;
-  static constexpr int kStages = (kWeighted ? 2 : 3) * 64 / kBK;
+  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3;
 };
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {
-  static constexpr int kBM = 128, kBN = 128, kBK = kWeightMapBoxCols, kStages = 4 * 64 / kBK;
+  static constexpr int kBM = 128, kBN = 128, kStages = 4;
 };
 
 enum class Path : std::uint8_t { sm80, sm90 };
@@ -79,7 +77,7 @@ struct GemmKernel {
   static auto mainloop() {
     if constexpr (kPath == Path::sm90) {
       using S = Sm90Shape<kTile, kWeighted>;
-      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes, S::kBK>;
+      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>;
       static_assert(M::kBN == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
                     "the weight maps' box is one k-tile of B");
       return M{};
@@ -272,7 +270,7 @@ Status prepare_kernels() {
   int major = 0;
   FUSEDMOE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   const char* overlap = std::getenv("FUSEDMOE_CUDA_OVERLAP");
-  g_overlap.store(major >= 9 && overlap != nullptr && std::string_view(overlap) == "1",
+  g_overlap.store(major >= 9 && (overlap == nullptr || std::string_view(overlap) != "0"),
                   std::memory_order_relaxed);
   prepared_device = device;
   return {};

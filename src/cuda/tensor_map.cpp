@@ -42,12 +42,6 @@ Status encode_rows_map(CUtensorMap& map, DType dtype, const void* base, std::int
     return {StatusCode::invalid_shape, "a weight tensor map of " + std::to_string(rows) +
                                            " rows: the kernels' row coordinates are 32-bit"};
   }
-  if (box_cols != 64 && box_cols != 32) {
-    return {StatusCode::invalid_argument, "a weight tensor map's box is 64 or 32 columns wide"};
-  }
-  // the swizzle whose span is one box row: the mainloops' shared tiles use the same one
-  const CUtensorMapSwizzle swizzle =
-      box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
   const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
   if (encode == nullptr) {
     return {StatusCode::unsupported_arch,
@@ -61,7 +55,8 @@ Status encode_rows_map(CUtensorMap& map, DType dtype, const void* base, std::int
       &map,
       dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
       const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     return {StatusCode::cuda_error,
             "cuTensorMapEncodeTiled failed (CUresult " + std::to_string(static_cast<int>(r)) +

@@ -15,10 +15,9 @@ namespace fusedmoe::cuda {
 bool tensor_maps_available();
 
 // A 2-D map over `rows` rows of `cols` 16-bit elements (contiguous, `cols` a multiple of
-// `box_cols`), read in boxes of `box_cols` columns (64 or 32: 128- or 64-byte rows) x `box_rows`
-// rows with the swizzle of the box's row width: the layout of the GEMM mainloops' shared tiles.
-// Rows past `rows` read as zeros. The kernels address rows with 32-bit coordinates: more than
-// INT_MAX rows is refused.
+// `box_cols`), read in boxes of `box_cols` columns (128 bytes at most) x `box_rows` rows with the
+// 128-byte swizzle: the layout of the GEMM mainloops' shared tiles. Rows past `rows` read as
+// zeros. The kernels address rows with 32-bit coordinates: more than INT_MAX rows is refused.
 Status encode_rows_map(CUtensorMap& map, DType dtype, const void* base, std::int64_t rows,
                        std::int64_t cols, int box_cols, int box_rows);
 

@@ -1,10 +1,7 @@
 // The cp.async side of the expert GEMMs' shared-memory ring, the same for the sm_80 and sm_90a
-// mainloops: tiles of [rows, BK] 16-bit elements (BK = 64: 128-byte rows; BK = 32: 64-byte rows)
-// whose 16-byte chunks are XOR-swizzled the way the bulk tensor copy engine and wgmma swizzle a
-// row of that width: the chunk index XOR bits 7.. of the row's byte offset (row % 8 for 128-byte
-// rows, row / 2 % 4 for 64-byte ones). ldmatrix reads the 128-byte layout without bank conflicts,
-// and once a tile starts on a 1024-byte boundary either layout is wgmma's swizzle mode of its
-// width.
+// mainloops: tiles of [rows, 64] 16-bit elements, 128-byte rows whose 16-byte chunks are
+// XOR-swizzled by row % 8. ldmatrix reads them without bank conflicts, and once a tile starts on
+// a 1024-byte boundary the layout is also wgmma's 128-byte swizzle mode.
 //
 // A's rows are gathered: the caller gives each loading thread the global address of the rows it
 // loads (nullptr for rows past the expert's token count: they load as zeros), in plane 0;
@@ -18,17 +15,14 @@
 
 namespace fusedmoe::cuda {
 
-template <class Elem, int BM, int BN, int Threads, int APlanes, int BK = 64>
+template <class Elem, int BM, int BN, int Threads, int APlanes>
 struct SwizzledTiles {
-  static constexpr int kBK = BK;
-  static constexpr int kRowBytes = kBK * 2;
-  static constexpr int kChunksPerRow = kRowBytes / 16;               // 16-byte chunks per row
-  static constexpr int kRowsPer128Shift = kRowBytes == 128 ? 0 : 1;  // log2(rows per 128 bytes)
+  static constexpr int kBK = 64;
+  static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
   static constexpr int kAChunksPerThread = BM * kChunksPerRow / Threads;
   static constexpr int kBChunksPerThread = BN * kChunksPerRow / Threads;
 
   static_assert(sizeof(Elem) == 2, "16-bit elements only");
-  static_assert(BK == 64 || BK == 32, "the 128- and 64-byte swizzle modes");
   static_assert(BM * kChunksPerRow % Threads == 0, "A tile chunks split evenly over threads");
   static_assert(BN * kChunksPerRow % Threads == 0, "B tile chunks split evenly over threads");
 
@@ -44,12 +38,12 @@ struct SwizzledTiles {
   __device__ __forceinline__ static int chunk_col(int i) {
     return (static_cast<int>(threadIdx.x) + i * Threads) % kChunksPerRow;
   }
-  // Element offset of (row, 16-byte chunk) inside a swizzled [rows, BK] tile.
+  // Element offset of (row, 16-byte chunk) inside a swizzled [rows, 64] tile.
   __device__ __forceinline__ static int swizzle(int row, int chunk) {
-    return row * kBK + ((chunk ^ ((row >> kRowsPer128Shift) & (kChunksPerRow - 1))) * 8);
+    return row * kBK + ((chunk ^ (row & 7)) * 8);
   }
 
-  // Columns [k0, k0 + BK) of A's rows, every plane, into sa (plane p at sa + p·BM·BK). Columns at
+  // Columns [k0, k0 + 64) of A's rows, every plane, into sa (plane p at sa + p·BM·64). Columns at
   // or past a_cols load as zeros; `mapped` is any mapped address, read by no copy.
   __device__ __forceinline__ static void load_a(Elem* sa, const ARows& a,
                                                 std::int64_t a_plane_stride, int a_cols, int k0,
@@ -68,7 +62,7 @@ struct SwizzledTiles {
     }
   }
 
-  // Columns [k0, k0 + BK) of B's BN rows (b_ld elements apart) into sb.
+  // Columns [k0, k0 + 64) of B's BN rows (b_ld elements apart) into sb.
   __device__ __forceinline__ static void load_b(Elem* sb, const Elem* b, std::int64_t b_ld,
                                                 int k0) {
 #pragma unroll

@@ -64,20 +64,16 @@ __device__ __forceinline__ void fence_registers(float (&r)[N][4]) {
   }
 }
 
-// Descriptor of a K-major operand tile in shared memory laid out as rows of RowBytes (128: 64
-// 16-bit elements of K; 64: 32 of them) whose 16-byte chunks are XOR-swizzled as the swizzle mode
-// of that width does (swizzled_tiles.cuh), 8-row groups 8 * RowBytes apart. `tile` must sit at a
-// 1024-byte boundary plus a multiple of 32 bytes along K (the k16 step inside the row). Fields:
-// start address >> 4 (bits 0-13), leading byte offset >> 4 (16-29; unused by the swizzled modes,
-// 1 by convention), stride byte offset >> 4 (32-45: the bytes between 8-row groups), swizzle mode
-// (bits 62-63: 1 = 128 B, 2 = 64 B).
-template <int RowBytes>
-__device__ __forceinline__ std::uint64_t smem_desc_swizzled(const void* tile) {
-  static_assert(RowBytes == 128 || RowBytes == 64, "the 128- and 64-byte swizzle modes");
-  constexpr std::uint64_t kMode = RowBytes == 128 ? 1 : 2;
+// Descriptor of a K-major operand tile in shared memory laid out as 128-byte rows (64 16-bit
+// elements of K) whose 16-byte chunks are XOR-swizzled by (row % 8), 8-row groups 1024 bytes apart:
+// the 128-byte swizzle mode. `tile` must sit at a 1024-byte boundary plus a multiple of 32 bytes
+// along K (the k16 step inside the row). Fields: start address >> 4 (bits 0-13), leading byte
+// offset >> 4 (16-29; unused by this mode, 1 by convention), stride byte offset >> 4 (32-45: the
+// 1024 bytes between 8-row groups), swizzle mode 1 = 128 B (bits 62-63).
+__device__ __forceinline__ std::uint64_t smem_desc_sw128(const void* tile) {
   const std::uint64_t addr = smem_addr(tile);
-  return ((addr & 0x3FFFF) >> 4) | (std::uint64_t{1} << 16) |
-         (std::uint64_t{8 * RowBytes >> 4} << 32) | (kMode << 62);
+  return ((addr & 0x3FFFF) >> 4) | (std::uint64_t{1} << 16) | (std::uint64_t{1024 >> 4} << 32) |
+         (std::uint64_t{1} << 62);
 }
 
 // D[64 x 128] (+)= A[64 x 16] · B[128 x 16]ᵀ for the warpgroup, both operands K-major in shared

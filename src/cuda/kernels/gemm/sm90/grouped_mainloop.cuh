@@ -1,21 +1,16 @@
 // The sm_90a mainloop shared by both expert GEMMs: C[BM, BN] = Σ_planes A_plane[BM, K] · B[BN, K]ᵀ
 // on warpgroup MMAs (wgmma), fp32 accumulators in registers. Same contract as the sm_80 mainloop
 // (gemm/sm80/grouped_mainloop.cuh), which it replaces on Hopper for tiles of 64 rows and more:
-// gathered A rows, a kStages-deep ring of swizzled rows, A_PLANES = 2 for the activation's
-// hi + lo halves, and the same accumulation order (k16 steps in increasing order, planes in order
-// inside a step, each 64 columns of K summed from zero and then added to the running sum with
-// FADDs), so a row's result does not depend on which mainloop or tile computed it.
-//
-// A stage holds BK = 64 columns (128-byte rows) or BK = 32 (64-byte rows, the 64-byte swizzle).
-// With BK = 32 a ring of the same bytes has twice the stages, so more of it is in flight while one
-// stage is computed; two stages make one 64-column group, summed from zero in the tensor cores
-// before the FADDs, which keeps the bits the same as with BK = 64.
+// gathered A rows, a kStages-deep ring of 128-byte swizzled rows, A_PLANES = 2 for the
+// activation's hi + lo halves, and the same accumulation order (k16 steps in increasing order,
+// planes in order inside a step, each BK step summed from zero and then added to the running sum
+// with FADDs), so a row's result does not depend on which mainloop or tile computed it.
 //
 // A (gathered rows) comes by cp.async, B (the weights) through the bulk tensor copy engine: one
-// thread issues one copy per k-tile from a 2-D tensor map whose swizzle gives the same layout,
-// completing on the stage's mbarrier. The shared tiles are in wgmma's swizzle layout of their row
-// width once each stage starts on a 1024-byte boundary, so the MMAs read the ring directly
-// through descriptors.
+// thread issues one copy per k-tile from a 2-D tensor map whose 128-byte swizzle gives the same
+// layout, completing on the stage's mbarrier. The shared tiles are in wgmma's 128-byte swizzle
+// layout (a chunk's position is its index XOR row % 8, 8-row groups 1024 bytes apart) once each
+// stage starts on a 1024-byte boundary, so the MMAs read the ring directly through descriptors.
 // One warpgroup (4 warps) computes 64 rows x BN; BM / 64 warpgroups per block.
 #pragma once
 
@@ -28,18 +23,17 @@
 
 namespace fusedmoe::cuda::sm90 {
 
-template <class Elem, int BM, int BN, int Stages, int APlanes, int BK = 64>
+template <class Elem, int BM, int BN, int Stages, int APlanes>
 struct GroupedMainloop {
   static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
   static constexpr int kBM = BM, kBN = BN;
   static constexpr int kWarpGroups = BM / 64;
   static constexpr int kThreads = kWarpGroups * 128;
-  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes, BK>;
+  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
   using ARows = typename Tiles::ARows;
   static constexpr int kBK = Tiles::kBK;
-  static constexpr int kGroup = 64 / kBK;  // stages per 64-column sum (see above)
-  static constexpr int kWarpM = 16;        // rows per warp
-  static constexpr int kWarpN = BN;        // columns per warp
+  static constexpr int kWarpM = 16;  // rows per warp
+  static constexpr int kWarpN = BN;  // columns per warp
   static constexpr int kMI = 1;
   static constexpr int kNI = BN / 8;
   static constexpr int kAStageElems = APlanes * BM * kBK;
@@ -53,7 +47,6 @@ struct GroupedMainloop {
   static_assert(BM % 64 == 0, "whole warpgroups of 64 rows");
   static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
   static_assert(Stages >= 2, "at least double buffering");
-  static_assert(Stages >= kGroup, "a 64-column group's stages fit the ring");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 
   // Arguments as for sm80::GroupedMainloop::run, except that B is read through b_map (its rows
@@ -96,12 +89,6 @@ struct GroupedMainloop {
     }
 
     const Elem* a_base = smem + (static_cast<int>(threadIdx.x) / 128) * 64 * kBK;
-    // Each 64-column group accumulates from zero in the tensor cores (their accumulation
-    // truncates) and joins the running sum with round-to-nearest FADDs: see the sm_80 mainloop.
-    // Every stage's group of MMAs is waited for at once, which frees the stage for its refill;
-    // the loads of the next Stages - 1 k-tiles are already in flight, so the pause costs tensor
-    // time, not memory time. k_tiles is a whole number of groups (K is padded to 64).
-    float part[kNI][4];
     for (int kt = 0; kt < k_tiles; ++kt) {
       ptx::cp_async_wait<Stages - 2>();  // A of k-tile kt has landed (this thread's copies)
       ptx::fence_proxy_async_shared();   // ... and is visible to the MMAs
@@ -114,29 +101,30 @@ struct GroupedMainloop {
 
       const Elem* sa = a_base + (kt % Stages) * kStageElems;
       const Elem* sb = smem + (kt % Stages) * kStageElems + kAStageElems;
-      const bool group_start = kt % kGroup == 0;
+      // Each BK step accumulates from zero in the tensor cores (their accumulation truncates) and
+      // joins the running sum with round-to-nearest FADDs: see the sm_80 mainloop. The group is
+      // waited for at once: its registers are read next, and the loads of the next Stages - 1
+      // k-tiles are already in flight, so the pause costs tensor time, not memory time.
+      float part[kNI][4];
       ptx::fence_registers(part);
       ptx::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {
-        const std::uint64_t desc_b = ptx::smem_desc_swizzled<Tiles::kRowBytes>(sb + ks * 16);
+        const std::uint64_t desc_b = ptx::smem_desc_sw128(sb + ks * 16);
 #pragma unroll
         for (int p = 0; p < APlanes; ++p) {
-          const std::uint64_t desc_a =
-              ptx::smem_desc_swizzled<Tiles::kRowBytes>(sa + p * BM * kBK + ks * 16);
-          ptx::SM90_64x128x16_F32<Elem>::mma(part, desc_a, desc_b, !group_start || ks > 0 || p > 0);
+          const std::uint64_t desc_a = ptx::smem_desc_sw128(sa + p * BM * kBK + ks * 16);
+          ptx::SM90_64x128x16_F32<Elem>::mma(part, desc_a, desc_b, ks > 0 || p > 0);
         }
       }
       ptx::wgmma_commit();
       ptx::fence_registers(part);
       ptx::wgmma_wait<0>();
       ptx::fence_registers(part);
-      if ((kt + 1) % kGroup == 0) {
 #pragma unroll
-        for (int ni = 0; ni < kNI; ++ni) {
+      for (int ni = 0; ni < kNI; ++ni) {
 #pragma unroll
-          for (int r = 0; r < 4; ++r) acc[0][ni][r] += part[ni][r];
-        }
+        for (int r = 0; r < 4; ++r) acc[0][ni][r] += part[ni][r];
       }
     }
     ptx::cp_async_wait<0>();
