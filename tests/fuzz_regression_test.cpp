@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "test_util.hpp"
@@ -76,6 +77,34 @@ TEST_F(FuzzRegression, HugeTokenCountsAreRefusedNotWrapped) {
     EXPECT_EQ(layer->workspace_size(t), std::numeric_limits<std::size_t>::max());
     EXPECT_EQ(layer->forward(a).code(), StatusCode::invalid_shape) << "T = " << t;
   }
+}
+
+TEST_F(FuzzRegression, OutputsWhoseElementsShareMemoryAreRefused) {
+  // forward_fuzzer ran for 20 minutes on one input: out of ~10^8 rows that all alias one row
+  // (stride 0), below the 2^31 slot limit, so every token was computed and written to the same
+  // place. An output needs a place per element: rows that overlap are refused, x may alias.
+  ForwardArgs a = args();
+  a.x.shape[0] = a.out.shape[0] = std::int64_t{1} << 27;
+  a.x.strides[0] = a.out.strides[0] = 0;
+  Status s = layer->forward(a);
+  EXPECT_EQ(s.code(), StatusCode::invalid_shape) << s.to_string();
+  EXPECT_NE(s.message().find("share memory"), std::string::npos) << s.message();
+  a = args();
+  a.out.strides[0] = 8;  // rows of 16 elements, 8 apart
+  EXPECT_EQ(layer->forward(a).code(), StatusCode::invalid_shape);
+  EXPECT_EQ(out[0], 0xffff) << "a refused call wrote out";
+  std::vector<std::int32_t> ids(kTokens * 2);
+  a = args();
+  a.ids_out = make_tensor(static_cast<void*>(ids.data()), DType::i32, {kTokens, 2});
+  a.ids_out.strides = {1, 1, 0, 0};  // [t][j] and [t + 1][j - 1] coincide
+  EXPECT_EQ(layer->forward(a).code(), StatusCode::invalid_shape);
+  // what is allowed: x rows that alias (one token repeated), and column-major ids_out
+  a = args();
+  a.x.strides[0] = 0;
+  a.ids_out = make_tensor(static_cast<void*>(ids.data()), DType::i32, {kTokens, 2});
+  a.ids_out.strides = {1, kTokens, 0, 0};
+  s = layer->forward(a);
+  EXPECT_TRUE(s.ok()) << s.to_string();
 }
 
 TEST(FuzzRegressionConfig, NaNInAnUnusedActivationParameterIsRefusedByValidate) {

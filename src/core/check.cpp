@@ -1,7 +1,10 @@
 #include "core/check.hpp"
 
+#include <algorithm>
+#include <array>
 #include <limits>
 #include <string>
+#include <utility>
 
 namespace fusedmoe::core {
 
@@ -15,6 +18,30 @@ std::string shape_string(std::initializer_list<std::int64_t> shape) {
   }
   return s + "]";
 }
+
+namespace {
+
+// No two index tuples reach the same element: taken by increasing stride, every dimension of
+// more than one element steps past the whole extent of the dimensions before it. (The extent is
+// known to fit in int64 here.)
+bool elements_distinct(const ConstTensorRef& t) {
+  if (t.numel() <= 1) return true;
+  std::array<std::pair<std::int64_t, std::int64_t>, kMaxRank> dims{};  // (stride, size)
+  int n = 0;
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.size(d) > 1) dims[static_cast<std::size_t>(n++)] = {t.stride(d), t.size(d)};
+  }
+  std::sort(dims.begin(), dims.begin() + n);
+  std::int64_t extent = 1;  // elements spanned by the dimensions so far
+  for (int i = 0; i < n; ++i) {
+    const auto [stride, size] = dims[static_cast<std::size_t>(i)];
+    if (stride < extent) return false;
+    if (__builtin_mul_overflow(stride, size, &extent)) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 Status check_tensor(const ConstTensorRef& t, const TensorSpec& spec) {
   const std::string name(spec.name);
@@ -66,6 +93,12 @@ Status check_tensor(const ConstTensorRef& t, const TensorSpec& spec) {
   if (!fits || last > std::numeric_limits<std::int64_t>::max() / 16) {
     return {StatusCode::invalid_shape,
             name + " " + describe(t) + " with these strides spans more memory than can exist"};
+  }
+  if (spec.distinct_elements && !elements_distinct(t)) {
+    return {StatusCode::invalid_shape,
+            name + " " + describe(t) +
+                " has elements that share memory (a stride of 0, or overlapping rows): an output "
+                "needs a place of its own for every element"};
   }
   if (spec.unit_inner_stride && rank > 0 && t.numel() > 0 && t.size(rank - 1) > 1 &&
       t.stride(rank - 1) != 1) {  // an empty tensor's strides mean nothing (DLPack may give 0)

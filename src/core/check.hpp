@@ -24,6 +24,7 @@ struct TensorSpec {
   std::initializer_list<DType> dtypes;        // accepted dtypes
   Device device;
   bool unit_inner_stride = false;  // the last dimension must be contiguous
+  bool distinct_elements = false;  // an output: no two elements may share memory
 };
 
 // A present tensor matching `spec`: rank, sizes, dtype, device, non-negative strides, data

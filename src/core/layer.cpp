@@ -91,7 +91,7 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
   }
   const DType out_dtype = ops.writes_f32_out() && a.out.dtype == DType::f32 ? DType::f32 : c.dtype;
   FUSEDMOE_RETURN_IF_ERROR(
-      core::check_tensor(a.out, {"out", {t, c.hidden}, {out_dtype}, dev, true}));
+      core::check_tensor(a.out, {"out", {t, c.hidden}, {out_dtype}, dev, true, true}));
   if (c.routing.kind == RoutingKind::precomputed) {
     FUSEDMOE_RETURN_IF_ERROR(
         core::check_tensor(a.topk_ids, {"topk_ids", {t, k}, {DType::i32}, dev}));
@@ -104,16 +104,16 @@ Status check_forward(const LayerConfig& c, const core::BackendOps& ops, const Fo
         core::check_absent(a.topk_weights, "topk_weights", "routing is not precomputed"));
   }
   FUSEDMOE_RETURN_IF_ERROR(
-      core::check_optional_tensor(a.ids_out, {"ids_out", {t, k}, {DType::i32}, dev}));
-  FUSEDMOE_RETURN_IF_ERROR(
-      core::check_optional_tensor(a.weights_out, {"weights_out", {t, k}, {DType::f32}, dev}));
+      core::check_optional_tensor(a.ids_out, {"ids_out", {t, k}, {DType::i32}, dev, false, true}));
+  FUSEDMOE_RETURN_IF_ERROR(core::check_optional_tensor(
+      a.weights_out, {"weights_out", {t, k}, {DType::f32}, dev, false, true}));
   if (a.magnitude_out.present() && ops.kind() != Backend::reference) {
     return {StatusCode::unsupported_config,
             "magnitude_out is computed by the reference backend only, not by " +
                 std::string(to_string(ops.kind()))};
   }
   FUSEDMOE_RETURN_IF_ERROR(core::check_optional_tensor(
-      a.magnitude_out, {"magnitude_out", {t, c.hidden}, {DType::f32}, dev}));
+      a.magnitude_out, {"magnitude_out", {t, c.hidden}, {DType::f32}, dev, false, true}));
   if (a.workspace.bytes < workspace_needed) {
     return {StatusCode::workspace_too_small,
             "workspace has " + std::to_string(a.workspace.bytes) + " bytes, forward needs " +
