@@ -16,17 +16,24 @@ namespace {
 
 TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
   // decode-sized rows per expert take the narrow tile, prefill the widest; never smaller as
-  // rows per expert grow
-  EXPECT_EQ(choose_tile(1, 128), GemmTile::m16n64);
-  EXPECT_EQ(choose_tile(16 * 8, 8), GemmTile::m16n64);
-  EXPECT_EQ(choose_tile(256 * 2, 8), GemmTile::m64n128);
-  EXPECT_EQ(choose_tile(4096 * 8, 128), GemmTile::m128n128);
-  int last = 0;
-  for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
-    const int bm = tile_rows(choose_tile(rows, 64));
-    EXPECT_GE(bm, last) << "rows " << rows;
-    last = bm;
+  // rows per expert grow, on either mainloop
+  for (bool wgmma : {false, true}) {
+    EXPECT_EQ(choose_tile(1, 128, wgmma), GemmTile::m16n64);
+    EXPECT_EQ(choose_tile(2, 8, wgmma), GemmTile::m16n64) << "one row per expert";
+    EXPECT_EQ(choose_tile(256 * 2, 8, wgmma), GemmTile::m64n128);
+    EXPECT_EQ(choose_tile(4096 * 8, 128, wgmma), GemmTile::m128n128);
+    int last = 0;
+    for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
+      const int bm = tile_rows(choose_tile(rows, 64, wgmma));
+      EXPECT_GE(bm, last) << "rows " << rows << (wgmma ? " (wgmma)" : "");
+      last = bm;
+    }
   }
+  // a handful of rows per expert: 16-row tiles on sm_80, 64-row ones from 2 rows on sm_90a
+  EXPECT_EQ(choose_tile(16 * 8, 8, false), GemmTile::m16n64);
+  EXPECT_EQ(choose_tile(16 * 8, 8, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(16 * 8, 64, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(16 * 8, 128, true), GemmTile::m16n64);
 }
 
 TEST(CudaPlan, TileNamesRoundTrip) {
@@ -40,11 +47,44 @@ TEST(CudaPlan, TileNamesRoundTrip) {
   EXPECT_FALSE(parse_tile("m32n32").has_value());
 }
 
-// Tiles the align stage writes for a given spread of slots over experts.
-std::int64_t tiles_needed(const std::vector<std::int64_t>& per_expert, int bm) {
-  std::int64_t n = 0;
-  for (std::int64_t c : per_expert) n += (c + bm - 1) / bm;
-  return n;
+// Row tiles and narrow tiles the align stage writes for a given spread of slots over experts.
+std::pair<std::int64_t, std::int64_t> tiles_needed(const std::vector<std::int64_t>& per_expert,
+                                                   int bm, int narrow_rows) {
+  std::int64_t rows = 0, narrow = 0;
+  for (std::int64_t c : per_expert) {
+    rows += row_tiles(c, bm, narrow_rows);
+    narrow += c % bm > 0 && c % bm <= narrow_rows ? 1 : 0;
+  }
+  return {rows, narrow};
+}
+
+TEST(CudaPlan, NarrowTilesTakeAnExpertsLastFewRows) {
+  // every row is in exactly one tile: whole row tiles, then a narrow tile of at most narrow_rows
+  for (int narrow_rows : {0, kNarrowRows}) {
+    for (std::int64_t c = 0; c <= 300; ++c) {
+      const std::int64_t tiles = row_tiles(c, 64, narrow_rows);
+      const std::int64_t rest = c - std::min(c, tiles * 64);
+      EXPECT_GE(tiles * 64, c - narrow_rows) << c;
+      EXPECT_LT((tiles - 1) * 64, c) << "no empty row tile at " << c;
+      EXPECT_LE(rest, narrow_rows) << c;
+      if (narrow_rows == 0) EXPECT_EQ(tiles, (c + 63) / 64) << c;
+    }
+  }
+  EXPECT_EQ(row_tiles(72, 64, 32), 1);
+  EXPECT_EQ(row_tiles(100, 64, 32), 2);
+  EXPECT_EQ(row_tiles(20, 64, 32), 0);
+  // beside the sm_90a 64-row tiles only
+  const LayerConfig mixtral = test::make_config(4096, 14336, 8, 2);
+  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_rows, kNarrowRows);
+  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_capacity, 8);
+  EXPECT_EQ(make_plan(mixtral, 256, false).narrow_rows, 0);
+  EXPECT_EQ(make_plan(mixtral, 1, true).narrow_rows, 0) << "16-row tiles";
+  EXPECT_EQ(make_plan(mixtral, 4096, true).narrow_rows, 0) << "128-row tiles";
+  EXPECT_EQ(make_plan(mixtral, 256, true).shared_narrow_rows, 0) << "no shared expert";
+  LayerConfig shared = mixtral;
+  shared.shared.intermediate = 1024;
+  EXPECT_EQ(make_plan(shared, 72, true).shared_narrow_rows, kNarrowRows);
+  EXPECT_EQ(make_plan(shared, 256, true).shared_narrow_rows, 0) << "128-row tiles";
 }
 
 TEST(CudaPlan, TileCapacityBoundsEveryRouting) {
@@ -54,22 +94,26 @@ TEST(CudaPlan, TileCapacityBoundsEveryRouting) {
   for (const auto& [t, e, k] : std::vector<std::tuple<int, int, int>>{
            {1, 8, 2}, {7, 60, 4}, {64, 128, 8}, {256, 8, 2}, {1000, 257, 8}, {4096, 256, 8}}) {
     LayerConfig c = test::make_config(256, 256, e, k);
-    const Plan p = make_plan(c, t);
-    const int bm = tile_rows(p.routed_tile);
-    const std::int64_t slots = static_cast<std::int64_t>(t) * k;
-    std::vector<std::vector<std::int64_t>> spreads;
-    spreads.emplace_back(e, 0);
-    spreads.back()[0] = slots;  // all on one expert
-    spreads.emplace_back(e, slots / e);
-    for (std::int64_t i = 0; i < slots % e; ++i) ++spreads.back()[i];  // as even as it gets
-    for (int draw = 0; draw < 50; ++draw) {
-      std::vector<std::int64_t> counts(e, 0);
-      std::uniform_int_distribution<int> pick(0, draw % 2 == 0 ? e - 1 : std::min(e - 1, 3));
-      for (std::int64_t s = 0; s < slots; ++s) ++counts[pick(rng)];
-      spreads.push_back(std::move(counts));
-    }
-    for (const auto& spread : spreads) {
-      EXPECT_LE(tiles_needed(spread, bm), p.tile_capacity) << "T=" << t << " E=" << e;
+    for (bool wgmma : {false, true}) {
+      const Plan p = make_plan(c, t, wgmma);
+      const int bm = tile_rows(p.routed_tile);
+      const std::int64_t slots = static_cast<std::int64_t>(t) * k;
+      std::vector<std::vector<std::int64_t>> spreads;
+      spreads.emplace_back(e, 0);
+      spreads.back()[0] = slots;  // all on one expert
+      spreads.emplace_back(e, slots / e);
+      for (std::int64_t i = 0; i < slots % e; ++i) ++spreads.back()[i];  // as even as it gets
+      for (int draw = 0; draw < 50; ++draw) {
+        std::vector<std::int64_t> counts(e, 0);
+        std::uniform_int_distribution<int> pick(0, draw % 2 == 0 ? e - 1 : std::min(e - 1, 3));
+        for (std::int64_t s = 0; s < slots; ++s) ++counts[pick(rng)];
+        spreads.push_back(std::move(counts));
+      }
+      for (const auto& spread : spreads) {
+        const auto [rows, narrow] = tiles_needed(spread, bm, p.narrow_rows);
+        EXPECT_LE(rows, p.tile_capacity) << "T=" << t << " E=" << e;
+        EXPECT_LE(narrow, p.narrow_capacity) << "T=" << t << " E=" << e;
+      }
     }
   }
 }
@@ -81,7 +125,7 @@ TEST(CudaPlan, WorkspaceRegionsAreAlignedAndDisjoint) {
     c.shared.intermediate = c.hidden == 733 ? 500 : 0;
     c.shared.gated = c.hidden == 733;
     for (std::int64_t t : {1, 17, 4096}) {
-      const Plan p = make_plan(c, t);
+      const Plan p = make_plan(c, t, /*wgmma=*/true);
       const WorkspaceLayout& l = p.workspace;
       const std::size_t es = dtype_size(c.dtype);
       // (offset, bytes) of every region in use
@@ -95,8 +139,8 @@ TEST(CudaPlan, WorkspaceRegionsAreAlignedAndDisjoint) {
       add(l.ids, p.slots, 4);
       add(l.weights, p.slots, 4);
       add(l.shared_gate, t, 4);
-      add(l.offsets, c.experts + 2, 4);
-      add(l.tiles, p.tile_capacity, 8);
+      add(l.offsets, c.experts + 3, 4);
+      add(l.tiles, p.tile_capacity + p.narrow_capacity, 8);
       add(l.perm, p.slots, 4);
       add(l.pos, p.slots, 4);
       add(l.x_stage, t * p.hidden_pad, es);
@@ -124,19 +168,19 @@ TEST(CudaPlan, WorkspaceRegionsAreAlignedAndDisjoint) {
 TEST(CudaPlan, RouterSlicesDependOnHiddenOnly) {
   // batch invariance: the order of the router's sums may not depend on T
   const LayerConfig c = test::make_config(7168, 2048, 256, 8);
-  const std::int64_t slices = make_plan(c, 1).router_slices;
+  const std::int64_t slices = make_plan(c, 1, false).router_slices;
   EXPECT_EQ(slices, (7168 + kRouterSlice - 1) / kRouterSlice);
-  for (std::int64_t t : {2, 333, 4096}) EXPECT_EQ(make_plan(c, t).router_slices, slices);
+  for (std::int64_t t : {2, 333, 4096}) EXPECT_EQ(make_plan(c, t, false).router_slices, slices);
 }
 
 TEST(CudaPlan, PrecomputedRoutingHasNoRouterUnlessTheSharedExpertIsGated) {
   LayerConfig c = test::make_config(256, 128, 16, 2);
   c.routing.kind = RoutingKind::precomputed;
   c.routing.renormalize = false;
-  EXPECT_EQ(make_plan(c, 8).logits, 0);
-  EXPECT_EQ(make_plan(c, 8).workspace.partial, WorkspaceLayout::none);
+  EXPECT_EQ(make_plan(c, 8, false).logits, 0);
+  EXPECT_EQ(make_plan(c, 8, false).workspace.partial, WorkspaceLayout::none);
   c.shared = {64, true};
-  EXPECT_EQ(make_plan(c, 8).logits, 1);  // the gate column only
+  EXPECT_EQ(make_plan(c, 8, false).logits, 1);  // the gate column only
 }
 
 }  // namespace

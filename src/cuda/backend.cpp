@@ -240,13 +240,13 @@ class CudaBackend final : public core::BackendOps {
   }
 
   std::size_t workspace_size(const LayerConfig& c, std::int64_t tokens) const override {
-    return make_plan(c, tokens).workspace.bytes;
+    return make_plan(c, tokens, gemm_maps_weights()).workspace.bytes;
   }
 
   Status forward(const PackedWeights::Impl& packed, const ForwardArgs& a) const override {
     const auto& w = static_cast<const CudaWeights&>(packed);
     const LayerConfig& c = w.config;
-    const Plan plan = make_plan(c, a.x.size(0));
+    const Plan plan = make_plan(c, a.x.size(0), gemm_maps_weights());
     const WorkspaceLayout& l = plan.workspace;
     auto* stream = static_cast<cudaStream_t>(a.stream);
     void* ws = a.workspace.data;
@@ -319,11 +319,14 @@ class CudaBackend final : public core::BackendOps {
     al.slots = static_cast<int>(plan.slots);
     al.experts = e_count;
     al.block_m = tile_rows(plan.routed_tile);
+    al.narrow_rows = plan.narrow_rows;
     al.offsets = offsets;
     al.tile_count = offsets + e_count + 1;
+    al.narrow_count = offsets + e_count + 2;
     al.perm = at<int>(ws, l.perm);
     al.pos = at<int>(ws, l.pos);
     al.tiles = at<void>(ws, l.tiles);
+    al.narrow = at<char>(ws, l.tiles) + plan.tile_capacity * 8;  // int2 entries after the row tiles
     al.invalid_ids = w.invalid.get<unsigned long long>();
     FUSEDMOE_RETURN_IF_ERROR(launch_align(al, stream));
 
@@ -344,13 +347,19 @@ class CudaBackend final : public core::BackendOps {
     routed_tiles.count = al.tile_count;
     routed_tiles.offsets = offsets;
     routed_tiles.capacity = plan.tile_capacity;
+    routed_tiles.narrow = al.narrow;
+    routed_tiles.narrow_count = al.narrow_count;
+    routed_tiles.narrow_capacity = plan.narrow_capacity;
+    routed_tiles.narrow_rows = plan.narrow_rows;
     FUSEDMOE_RETURN_IF_ERROR(run_set(c, w.experts, plan.routed_tile, routed_tiles, x, x_ld, x_cols,
                                      al.perm, k, plan.slots, r.weights, at<void>(ws, l.act),
                                      at<float>(ws, l.y), plan.hidden_pad, stream));
     if (c.shared.intermediate > 0) {
       TileArgs all_tokens;
       all_tokens.rows = t;
-      all_tokens.capacity = (t + tile_rows(plan.shared_tile) - 1) / tile_rows(plan.shared_tile);
+      all_tokens.capacity = row_tiles(t, tile_rows(plan.shared_tile), plan.shared_narrow_rows);
+      all_tokens.narrow_capacity = plan.shared_narrow_rows > 0 ? 1 : 0;
+      all_tokens.narrow_rows = plan.shared_narrow_rows;
       FUSEDMOE_RETURN_IF_ERROR(run_set(c, w.shared, plan.shared_tile, all_tokens, x, x_ld, x_cols,
                                        nullptr, 1, t, r.shared_gate, at<void>(ws, l.shared_act),
                                        at<float>(ws, l.shared_y), plan.hidden_pad, stream));

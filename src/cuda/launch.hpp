@@ -22,6 +22,12 @@ struct TileArgs {
   const int* offsets = nullptr;  // [E + 1]
   int rows = 0;                  // without a list
   std::int64_t capacity = 0;     // the grid's x: tiles in the list at most (or ceil(rows / BM))
+  // Narrow tiles (tile_list.cuh), run by the sm_90a 64-row kernels only: narrow_capacity blocks
+  // after the row tiles' `capacity`; 0 without them.
+  const void* narrow = nullptr;  // int2 [narrow_capacity]; nullptr without a list
+  const int* narrow_count = nullptr;
+  std::int64_t narrow_capacity = 0;
+  int narrow_rows = 0;
 };
 
 struct GatedGemmArgs {
@@ -110,8 +116,11 @@ Status launch_route(const RouteArgs& args, cudaStream_t stream);
 struct AlignArgs {
   const std::int32_t* ids = nullptr;
   int slots = 0, experts = 0, block_m = 0;
+  int narrow_rows = 0;  // an expert's last 1..narrow_rows rows go to a narrow tile; 0: never
   int* offsets = nullptr;
   int* tile_count = nullptr;
+  int* narrow_count = nullptr;
+  void* narrow = nullptr;  // int2 [experts]
   int* perm = nullptr;
   int* pos = nullptr;
   void* tiles = nullptr;

@@ -7,10 +7,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <string_view>
+#include <type_traits>
 
 #include "core/check.hpp"
 #include "cuda/cuda_check.hpp"
@@ -70,6 +72,19 @@ struct Sm90Shape<GemmTile::m128n128, kWeighted> {
 
 enum class Path : std::uint8_t { sm80, sm90 };
 
+// The narrow tiles that finish an expert's rows beside the sm_90a 64-row tiles (kNarrowRows token
+// rows, one warpgroup, the row tile's stages); none (void) beside the others.
+template <class Elem, GemmTile kTile, bool kWeighted, Path kPath>
+struct NarrowTiles {
+  using Mainloop = void;
+};
+template <class Elem, bool kWeighted>
+struct NarrowTiles<Elem, GemmTile::m64n128, kWeighted, Path::sm90> {
+  using S = Sm90Shape<GemmTile::m64n128, kWeighted>;
+  using Mainloop =
+      sm90::GroupedMainloop<Elem, kNarrowRows, S::kBN, S::kStages, kWeighted ? 2 : 1, true>;
+};
+
 template <class T, GemmTile kTile, bool kWeighted, Path kPath>
 struct GemmKernel {
   using Elem = T;
@@ -88,13 +103,20 @@ struct GemmKernel {
     }
   }
   using Mainloop = decltype(mainloop());
+  using Narrow = typename NarrowTiles<Elem, kTile, kWeighted, kPath>::Mainloop;
   static constexpr int kThreads = Mainloop::kThreads;
-  static constexpr int kSmem = Mainloop::kSmemBytes;
+  static constexpr int kSmem = [] {
+    if constexpr (std::is_void_v<Narrow>) {
+      return Mainloop::kSmemBytes;
+    } else {
+      return std::max(Mainloop::kSmemBytes, Narrow::kSmemBytes);
+    }
+  }();
   static auto fn() {
     if constexpr (kWeighted) {
-      return &grouped_gemm_weighted<Elem, Mainloop>;
+      return &grouped_gemm_weighted<Elem, Mainloop, Narrow>;
     } else {
-      return &grouped_gemm_gated<Elem, Mainloop>;
+      return &grouped_gemm_gated<Elem, Mainloop, Narrow>;
     }
   }
   static Status prepare() {
@@ -117,7 +139,19 @@ TileList tile_list(const TileArgs& t) {
   l.count = t.count;
   l.offsets = t.offsets;
   l.rows = t.rows;
+  l.capacity = static_cast<int>(t.capacity);
+  l.narrow = static_cast<const int2*>(t.narrow);
+  l.narrow_count = t.narrow_count;
+  l.narrow_rows = t.narrow_rows;
   return l;
+}
+
+// The grid: row tiles then narrow tiles along x (tile_list.cuh), BN-column blocks along y.
+template <class K>
+dim3 gemm_grid(const TileArgs& t, int n_rows) {
+  const std::int64_t narrow = std::is_void_v<typename K::Narrow> ? 0 : t.narrow_capacity;
+  return {static_cast<unsigned>(t.capacity + narrow),
+          static_cast<unsigned>(n_rows / K::Mainloop::kBN)};
 }
 
 template <class K>
@@ -140,9 +174,7 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.act_lo = static_cast<Elem*>(a.act) + a.act_plane_stride;
   p.act_ld = a.act_ld;
   p.activation = {static_cast<ActivationKind>(a.activation), a.limit, a.alpha};
-  const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
-                  static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
+  launch_kernel(K::fn(), gemm_grid<K>(a.tiles, a.n_rows), K::kThreads, K::kSmem, stream, p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_gated");
   return {};
 }
@@ -164,9 +196,7 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.bias_expert_stride = a.bias_expert_stride;
   p.y = a.y;
   p.y_ld = a.y_ld;
-  const dim3 grid(static_cast<unsigned>(a.tiles.capacity),
-                  static_cast<unsigned>(a.n_rows / K::Mainloop::kBN));
-  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
+  launch_kernel(K::fn(), gemm_grid<K>(a.tiles, a.n_rows), K::kThreads, K::kSmem, stream, p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_weighted");
   return {};
 }

@@ -91,8 +91,11 @@ Status launch_align(const AlignArgs& a, cudaStream_t stream) {
   p.pos = a.pos;
   p.tiles = static_cast<int2*>(a.tiles);
   p.tile_count = a.tile_count;
+  p.narrow_rows = a.narrow_rows;
+  p.narrow = static_cast<int2*>(a.narrow);
+  p.narrow_count = a.narrow_count;
   p.invalid_ids = a.invalid_ids;
-  const std::size_t smem = 2 * static_cast<std::size_t>(a.experts) * sizeof(int);
+  const std::size_t smem = 3 * static_cast<std::size_t>(a.experts) * sizeof(int);
   launch_kernel(align_slots, 1, kAlignThreads, smem, stream, p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("align_slots");
   return {};

@@ -20,16 +20,31 @@ int tile_rows(GemmTile tile) {
 
 int tile_cols(GemmTile tile) { return tile == GemmTile::m16n64 ? 64 : 128; }
 
-GemmTile choose_tile(std::int64_t rows, std::int64_t groups) {
+GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma) {
   // Weights dominate until a tile is tens of rows tall: then the narrowest tile that covers an
-  // expert's rows streams each weight block about once, with the most blocks in flight.
+  // expert's rows streams each weight block about once, with the most blocks in flight. On the
+  // sm_90a mainloop a 64-row tile streams its weights by TMA faster than the 16-row sm_80 tile
+  // does by cp.async, from 2 rows per expert on (H100, bench/NOTES.md: mixtral T = 16 and 64 -7%,
+  // qwen2 -3..-6%); with 1 row per expert it has too few blocks (mixtral T = 1 +33%).
   const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
-  if (per_group <= 24) return GemmTile::m16n64;
+  if (per_group <= (wgmma ? 1 : 24)) return GemmTile::m16n64;
   if (per_group <= 96) return GemmTile::m64n128;
   return GemmTile::m128n128;
 }
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows) {
+  return rows / bm + (rows % bm > narrow_rows ? 1 : 0);
+}
+
+bool narrow_tiles_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FUSEDMOE_CUDA_NARROW");
+    return env == nullptr || std::string_view(env) != "0";
+  }();
+  return enabled;
+}
 
 std::optional<GemmTile> parse_tile(std::string_view name) {
   for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
@@ -73,7 +88,7 @@ class Carver {
 
 }  // namespace
 
-Plan make_plan(const LayerConfig& c, std::int64_t tokens) {
+Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
   Plan p;
   p.tokens = tokens;
   p.slots = tokens * c.top_k;
@@ -83,12 +98,19 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens) {
   p.logits =
       (c.routing.kind == RoutingKind::precomputed ? 0 : c.experts) + (c.shared.gated ? 1 : 0);
   p.router_slices = (c.hidden + kRouterSlice - 1) / kRouterSlice;
-  p.routed_tile = choose_tile(p.slots, c.experts);
+  p.routed_tile = choose_tile(p.slots, c.experts, wgmma);
   if (const std::optional<GemmTile> forced = forced_tile()) p.routed_tile = *forced;
-  p.shared_tile = choose_tile(tokens, 1);
+  p.shared_tile = choose_tile(tokens, 1, wgmma);
+  // narrow tiles run beside the sm_90a 64-row tiles only
+  const auto narrow = [&](GemmTile tile) {
+    return wgmma && tile == GemmTile::m64n128 && narrow_tiles_enabled() ? kNarrowRows : 0;
+  };
+  p.narrow_rows = narrow(p.routed_tile);
+  p.shared_narrow_rows = c.shared.intermediate > 0 ? narrow(p.shared_tile) : 0;
   const std::int64_t bm = tile_rows(p.routed_tile);
-  // every expert with rows adds at most one partial tile
+  // every expert with rows adds at most one partial tile (a row tile or a narrow one)
   p.tile_capacity = (p.slots + bm - 1) / bm + std::min<std::int64_t>(c.experts, p.slots);
+  p.narrow_capacity = p.narrow_rows > 0 ? std::min<std::int64_t>(c.experts, p.slots) : 0;
   p.stage_x = c.hidden % 8 != 0;
 
   const std::size_t es = dtype_size(c.dtype);
@@ -98,8 +120,8 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens) {
   l.ids = w.take(p.slots, 4);
   l.weights = w.take(p.slots, 4);
   if (c.shared.gated) l.shared_gate = w.take(tokens, 4);
-  l.offsets = w.take(c.experts + 2, 4);
-  l.tiles = w.take(p.tile_capacity, 8);
+  l.offsets = w.take(c.experts + 3, 4);
+  l.tiles = w.take(p.tile_capacity + p.narrow_capacity, 8);
   l.perm = w.take(p.slots, 4);
   l.pos = w.take(p.slots, 4);
   if (p.stage_x) l.x_stage = w.take(tokens * p.hidden_pad, es);

@@ -1,6 +1,6 @@
 // The CUDA backend's plan for one forward: tile shapes, grids and the workspace layout. Plain host
-// code (no CUDA), a pure function of (config, tokens), so that workspace_size() is too and the
-// heuristics are unit-tested on any machine.
+// code (no CUDA), a pure function of (config, tokens, mainloop), so that workspace_size() is too
+// and the heuristics are unit-tested on any machine.
 #pragma once
 
 #include <cstddef>
@@ -19,14 +19,27 @@ enum class GemmTile : std::uint8_t {
   m128n128,  // prefill: hundreds of rows per expert
 };
 
+// Narrow tiles (sm_90a, beside m64n128): an expert's last 1..kNarrowRows rows run as the tokens
+// of an n32 MMA against 128 weight rows, instead of padding a 64-row tile.
+inline constexpr int kNarrowRows = 32;
+
 int tile_rows(GemmTile tile);
 int tile_cols(GemmTile tile);
+
+// Row tiles of height `bm` for `rows` rows of one expert when its last 1..narrow_rows rows go to a
+// narrow tile (narrow_rows = 0: ceil(rows / bm)). The align kernel counts the same way.
+std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows);
+
+// Whether the plan uses narrow tiles where it can: FUSEDMOE_CUDA_NARROW=0 turns them off, for
+// tuning runs (read once per process).
+bool narrow_tiles_enabled();
 
 std::string_view to_string(GemmTile tile);
 std::optional<GemmTile> parse_tile(std::string_view name);
 
-// The tile for `rows` rows spread over `groups` experts (the expected rows per expert decides).
-GemmTile choose_tile(std::int64_t rows, std::int64_t groups);
+// The tile for `rows` rows spread over `groups` experts (the expected rows per expert decides),
+// for the mainloop the device runs: `wgmma` when its 64- and 128-row tiles run the sm_90a one.
+GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma);
 
 // FUSEDMOE_CUDA_TILE=m16n64|m64n128|m128n128 forces the routed experts' tile, for tuning runs
 // (read once per process; workspace sizes follow it).
@@ -47,8 +60,8 @@ struct WorkspaceLayout {
   std::size_t ids = none;          // i32 [T, k]
   std::size_t weights = none;      // f32 [T, k]
   std::size_t shared_gate = none;  // f32 [T]
-  std::size_t offsets = none;      // i32 [E + 1], then the tile count
-  std::size_t tiles = none;        // int2 [tile_capacity]
+  std::size_t offsets = none;      // i32 [E + 1], then the row and narrow tile counts
+  std::size_t tiles = none;        // int2 [tile_capacity + narrow_capacity]
   std::size_t perm = none;         // i32 [T·k]
   std::size_t pos = none;          // i32 [T·k]
   std::size_t x_stage = none;      // elem [T, hidden_pad]: only when H is not a multiple of 8
@@ -66,11 +79,15 @@ struct Plan {
   std::int64_t router_slices = 0;
   GemmTile routed_tile = GemmTile::m16n64;
   GemmTile shared_tile = GemmTile::m16n64;
-  std::int64_t tile_capacity = 0;  // upper bound on routed tiles: the GEMM grids' x
+  std::int64_t tile_capacity = 0;  // upper bound on routed row tiles: the GEMM grids' x
+  int narrow_rows = 0;              // routed narrow tiles: kNarrowRows, or 0 without them
+  std::int64_t narrow_capacity = 0;  // upper bound on routed narrow tiles (one per expert)
+  int shared_narrow_rows = 0;        // the same for the shared expert's tiles
   bool stage_x = false;            // H % 8 != 0: x is copied to aligned rows first
   WorkspaceLayout workspace;
 };
 
-Plan make_plan(const LayerConfig& config, std::int64_t tokens);
+// `wgmma`: as for choose_tile (gemm_maps_weights() on the device that runs the layer).
+Plan make_plan(const LayerConfig& config, std::int64_t tokens, bool wgmma);
 
 }  // namespace fusedmoe::cuda

@@ -4,6 +4,8 @@
 //   perm[sorted]    = t·k + j of the slot placed there;  pos[t·k + j] = its sorted row, -1 if the
 //                     id is outside [0, E) (the slot contributes nothing; the id is counted)
 //   tiles[...]      (expert, first row) of every BM-row tile, experts in order; tile_count
+//   narrow[...]     with narrow_rows > 0: (expert, first row) of the narrow tile of each expert
+//                   whose last 1..narrow_rows rows take one instead of a row tile; narrow_count
 // Slots are placed with shared-memory atomics, so the order inside a segment varies run to run;
 // the results do not, because every row of a GEMM tile is computed independently of the others.
 #pragma once
@@ -25,11 +27,14 @@ struct AlignParams {
   int slots = 0;                      // T·k
   int experts = 0;
   int block_m = 0;         // tile rows
+  int narrow_rows = 0;     // 0: no narrow tiles
   int* offsets = nullptr;  // [E + 1]
   int* perm = nullptr;     // [slots]
   int* pos = nullptr;      // [slots]
   int2* tiles = nullptr;   // [capacity]
   int* tile_count = nullptr;
+  int2* narrow = nullptr;  // [experts]
+  int* narrow_count = nullptr;
   unsigned long long* invalid_ids = nullptr;  // incremented by the ids outside [0, E)
 };
 
@@ -39,7 +44,8 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   __shared__ typename Scan::TempStorage scan_storage;
   extern __shared__ int align_smem[];
   int* counts = align_smem;                  // [E], then the running cursor of each expert
-  int* tile_start = align_smem + p.experts;  // [E]
+  int* tile_start = align_smem + p.experts;        // [E]
+  int* narrow_at = align_smem + 2 * p.experts;      // [E]: the expert's narrow tile, or -1
   __shared__ int invalid;
   const int tid = static_cast<int>(threadIdx.x);
   for (int e = tid; e < p.experts; e += kAlignThreads) counts[e] = 0;
@@ -58,18 +64,24 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   if (my_invalid > 0) atomicAdd(&invalid, my_invalid);
   __syncthreads();
 
-  // exclusive scans of rows and of tiles, E split in contiguous runs of kAlignItems per thread
-  int rows[kAlignItems], tiles[kAlignItems];
+  // exclusive scans of rows, row tiles and narrow tiles, E split in contiguous runs of
+  // kAlignItems per thread; the row tiles are counted as plan.cpp's row_tiles() does
+  int rows[kAlignItems], tiles[kAlignItems], narrows[kAlignItems];
 #pragma unroll
   for (int i = 0; i < kAlignItems; ++i) {
     const int e = tid * kAlignItems + i;
     rows[i] = e < p.experts ? counts[e] : 0;
-    tiles[i] = (rows[i] + p.block_m - 1) / p.block_m;
+    const int rest = rows[i] % p.block_m;
+    tiles[i] = rows[i] / p.block_m + (rest > p.narrow_rows ? 1 : 0);
+    narrows[i] = rest > 0 && rest <= p.narrow_rows ? 1 : 0;
   }
-  int row_total = 0, tile_total = 0;
+  int row_total = 0, tile_total = 0, narrow_total = 0;
   Scan(scan_storage).ExclusiveSum(rows, rows, row_total);
   __syncthreads();
   Scan(scan_storage).ExclusiveSum(tiles, tiles, tile_total);
+  __syncthreads();
+  int narrow_first[kAlignItems];
+  Scan(scan_storage).ExclusiveSum(narrows, narrow_first, narrow_total);
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < kAlignItems; ++i) {
@@ -78,20 +90,24 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
       p.offsets[e] = rows[i];
       counts[e] = rows[i];  // becomes the cursor
       tile_start[e] = tiles[i];
+      narrow_at[e] = narrows[i] > 0 ? narrow_first[i] : -1;
     }
   }
   if (tid == 0) {
     p.offsets[p.experts] = row_total;
     *p.tile_count = tile_total;
+    if (p.narrow_count != nullptr) *p.narrow_count = narrow_total;
     if (invalid > 0) atomicAdd(p.invalid_ids, static_cast<unsigned long long>(invalid));
   }
   __syncthreads();
 
-  // the tile list: expert e's tiles are [tile_start[e], tile_start[e] + ceil(rows_e / BM))
+  // the tile lists: expert e's row tiles are [tile_start[e], tile_start[e + 1]), and its narrow
+  // tile (if any) takes the rows after them
   for (int e = tid; e < p.experts; e += kAlignThreads) {
     const int end = e + 1 < p.experts ? tile_start[e + 1] : tile_total;
     for (int i = tile_start[e]; i < end; ++i)
       p.tiles[i] = make_int2(e, (i - tile_start[e]) * p.block_m);
+    if (narrow_at[e] >= 0) p.narrow[narrow_at[e]] = make_int2(e, (end - tile_start[e]) * p.block_m);
   }
   for (int s = tid; s < p.slots; s += kAlignThreads) {
     const int e = p.ids[s];

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/kernels/epilogue/gated_activation.cuh"
 #include "cuda/kernels/gemm/map_rows.cuh"
@@ -42,73 +43,138 @@ struct GatedGemmParams {
   ActivationParams activation;
 };
 
-// Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane.
+// One tile's mainloop: x's rows of `tile` gathered against packed rows [n0, n0 + BN) of its expert.
 template <class Elem, class Mainloop>
+__device__ __forceinline__ void gated_mainloop(const GatedGemmParams<Elem>& p, const Tile& tile,
+                                               int n0, void* smem_raw,
+                                               float (&acc)[Mainloop::kMI][Mainloop::kNI][4]) {
+  typename Mainloop::ARows a;
+#pragma unroll
+  for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
+    const int r = tile.first + Mainloop::Tiles::chunk_row(i);
+    a.row[i] = nullptr;
+    if (r < tile.rows) {
+      const int sorted = tile.segment_start + r;
+      const int token = p.perm != nullptr ? p.perm[sorted] / p.top_k : sorted;
+      a.row[i] = p.x + token * p.x_ld;
+    }
+  }
+  const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.k_pad;
+  const MapRows b_map{&p.w_map, static_cast<int>(tile.expert * (p.w_expert_stride / p.k_pad)) + n0};
+  Mainloop::run(acc, smem_raw, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK,
+                tile.rows - tile.first, b_map);
+}
+
+// The activation of packed rows (gate_col, gate_col + 8) of block n0, both biased, for the two
+// accumulator values of each.
+template <class Elem>
+__device__ __forceinline__ float2 gated_pair(const GatedGemmParams<Elem>& p, const float* bias,
+                                             int gate_col, float g0, float g1, float u0, float u1,
+                                             bool same_col) {
+  if (bias != nullptr) {
+    g0 += bias[gate_col];
+    g1 += bias[same_col ? gate_col : gate_col + 1];
+    u0 += bias[gate_col + 8];
+    u1 += bias[same_col ? gate_col + 8 : gate_col + 9];
+  }
+  return make_float2(gated_activation(p.activation, g0, u0), gated_activation(p.activation, g1, u1));
+}
+
+// Intermediate column of packed row n (a gate row): 8 columns per 16 packed rows.
+__device__ __forceinline__ int gated_column(int n) { return n / 16 * 8 + n % 8; }
+
+// A row tile (Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane).
+template <class Elem, class Mainloop>
+__device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, void* smem_raw) {
+  constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
+  static_assert(Mainloop::kWarpN % 16 == 0, "each warp holds whole (gate, up) fragment pairs");
+  Tile tile;
+  if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
+  const int n0 = static_cast<int>(blockIdx.y) * BN;  // first packed row
+  float acc[Mainloop::kMI][Mainloop::kNI][4];
+  gated_mainloop<Elem, Mainloop>(p, tile, n0, smem_raw, acc);
+
+  const float* bias =
+      p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+  using Pair = typename Split16<Elem>::Pair;
+#pragma unroll
+  for (int mi = 0; mi < Mainloop::kMI; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // accumulator rows g and g + 8
+      const int r = tile.first + Mainloop::acc_row(mi, half * 2);
+      if (r >= tile.rows) continue;
+      const std::int64_t out_row = static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld;
+#pragma unroll
+      for (int ni = 0; ni < Mainloop::kNI; ni += 2) {
+        const int gate_col = Mainloop::acc_col(ni, 0);  // packed row of the gate value
+        const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][half * 2],
+                                    acc[mi][ni][half * 2 + 1], acc[mi][ni + 1][half * 2],
+                                    acc[mi][ni + 1][half * 2 + 1], false);
+        const int col = gated_column(n0 + gate_col);
+        Pair hi, lo;
+        Split16<Elem>::split(v, hi, lo);
+        *reinterpret_cast<Pair*>(p.act_hi + out_row + col) = hi;
+        *reinterpret_cast<Pair*>(p.act_lo + out_row + col) = lo;
+      }
+    }
+  }
+}
+
+// A narrow tile (sm90::GroupedMainloop with Narrow): the accumulators hold weight rows g and
+// g + 8, a gate row and its up row, for two tokens each.
+template <class Elem, class Narrow, int RowBM>
+__device__ __forceinline__ void gated_narrow_tile(const GatedGemmParams<Elem>& p, void* smem_raw) {
+  Tile tile;
+  const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
+  if (!find_narrow_tile<RowBM>(p.tiles, index, tile)) return;
+  const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
+  float acc[Narrow::kMI][Narrow::kNI][4];
+  gated_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
+
+  const float* bias =
+      p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+  using Pair = typename Split16<Elem>::Pair;
+#pragma unroll
+  for (int mi = 0; mi < Narrow::kMI; ++mi) {
+    const int gate_col = Narrow::narrow_col(mi, 0);
+    const int col = gated_column(n0 + gate_col);
+#pragma unroll
+    for (int ni = 0; ni < Narrow::kNI; ++ni) {
+      const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][0], acc[mi][ni][1],
+                                  acc[mi][ni][2], acc[mi][ni][3], true);
+      Pair hi, lo;
+      Split16<Elem>::split(v, hi, lo);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {  // tokens narrow_row(ni, j): v.x, v.y
+        const int r = tile.first + Narrow::narrow_row(ni, j);
+        if (r >= tile.rows) continue;
+        const std::int64_t at = static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld + col;
+        p.act_hi[at] = j == 0 ? hi.x : hi.y;
+        p.act_lo[at] = j == 0 ? lo.x : lo.y;
+      }
+    }
+  }
+}
+
+// Mainloop: the row tiles' (sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane);
+// Narrow: the narrow tiles' (sm90::GroupedMainloop with Narrow), or void without them. Blocks
+// [0, tiles.capacity) of x run row tiles, the rest narrow tiles.
+template <class Elem, class Mainloop, class Narrow = void>
 __global__ void __launch_bounds__(Mainloop::kThreads)
     grouped_gemm_gated(const __grid_constant__ GatedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
     ptx::enter_dependent_grid();
-    constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
-    static_assert(Mainloop::kWarpN % 16 == 0, "each warp holds whole (gate, up) fragment pairs");
     extern __shared__ __align__(128) unsigned char smem_raw[];
-
-    Tile tile;
-    if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
-    const int n0 = static_cast<int>(blockIdx.y) * BN;  // first packed row
-
-    typename Mainloop::ARows a;
-#pragma unroll
-    for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
-      const int r = tile.first + Mainloop::Tiles::chunk_row(i);
-      a.row[i] = nullptr;
-      if (r < tile.rows) {
-        const int sorted = tile.segment_start + r;
-        const int token = p.perm != nullptr ? p.perm[sorted] / p.top_k : sorted;
-        a.row[i] = p.x + token * p.x_ld;
+    if constexpr (!std::is_void_v<Narrow>) {
+      static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
+      if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
+        gated_narrow_tile<Elem, Narrow, Mainloop::kBM>(p, smem_raw);
+        return;
       }
     }
-    const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.k_pad;
-    float acc[Mainloop::kMI][Mainloop::kNI][4];
-    const MapRows b_map{&p.w_map,
-                        static_cast<int>(tile.expert * (p.w_expert_stride / p.k_pad)) + n0};
-    Mainloop::run(acc, smem_raw, a, 0, p.x_cols, b, p.k_pad, p.k_pad / Mainloop::kBK,
-                  tile.rows - tile.first, b_map);
-
-    const float* bias =
-        p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
-    using Pair = typename Split16<Elem>::Pair;
-#pragma unroll
-    for (int mi = 0; mi < Mainloop::kMI; ++mi) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {  // accumulator rows g and g + 8
-        const int r = tile.first + Mainloop::acc_row(mi, half * 2);
-        if (r >= tile.rows) continue;
-        const std::int64_t out_row = static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld;
-#pragma unroll
-        for (int ni = 0; ni < Mainloop::kNI; ni += 2) {
-          const int gate_col = Mainloop::acc_col(ni, 0);  // packed row of the gate value
-          const int up_col = gate_col + 8;
-          float g0 = acc[mi][ni][half * 2], g1 = acc[mi][ni][half * 2 + 1];
-          float u0 = acc[mi][ni + 1][half * 2], u1 = acc[mi][ni + 1][half * 2 + 1];
-          if (bias != nullptr) {
-            g0 += bias[gate_col];
-            g1 += bias[gate_col + 1];
-            u0 += bias[up_col];
-            u1 += bias[up_col + 1];
-          }
-          const float2 v = make_float2(gated_activation(p.activation, g0, u0),
-                                       gated_activation(p.activation, g1, u1));
-          // intermediate column of the pair: 8 columns per 16 packed rows
-          const int col = (n0 + gate_col) / 16 * 8 + (gate_col % 8);
-          Pair hi, lo;
-          Split16<Elem>::split(v, hi, lo);
-          *reinterpret_cast<Pair*>(p.act_hi + out_row + col) = hi;
-          *reinterpret_cast<Pair*>(p.act_lo + out_row + col) = lo;
-        }
-      }
-    }
+    gated_row_tile<Elem, Mainloop>(p, smem_raw);
   }
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/ptx/grid_dependency.cuh"
@@ -32,61 +33,125 @@ struct WeightedGemmParams {
   int y_ld = 0;
 };
 
-// Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 2 A planes.
+// One tile's mainloop: the activation rows of `tile` (both planes) against down rows
+// [n0, n0 + BN) of its expert.
 template <class Elem, class Mainloop>
+__device__ __forceinline__ void weighted_mainloop(const WeightedGemmParams<Elem>& p,
+                                                  const Tile& tile, int n0, void* smem_raw,
+                                                  float (&acc)[Mainloop::kMI][Mainloop::kNI][4]) {
+  typename Mainloop::ARows a;
+#pragma unroll
+  for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
+    const int r = tile.first + Mainloop::Tiles::chunk_row(i);
+    a.row[i] = r < tile.rows
+                   ? p.act_hi + static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld
+                   : nullptr;
+  }
+  const Elem* b = p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.act_ld;
+  const MapRows b_map{&p.w_map,
+                      static_cast<int>(tile.expert * (p.w_expert_stride / p.act_ld)) + n0};
+  Mainloop::run(acc, smem_raw, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK,
+                tile.rows - tile.first, b_map);
+}
+
+// The routing weight of sorted row `sorted`.
+template <class Elem>
+__device__ __forceinline__ float row_weight(const WeightedGemmParams<Elem>& p, int sorted) {
+  if (p.weights == nullptr) return 1.0f;
+  return p.weights[p.perm != nullptr ? p.perm[sorted] : sorted];
+}
+
+// A row tile (Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 2 A planes).
+template <class Elem, class Mainloop>
+__device__ __forceinline__ void weighted_row_tile(const WeightedGemmParams<Elem>& p,
+                                                  void* smem_raw) {
+  constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
+  Tile tile;
+  if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
+  const int n0 = static_cast<int>(blockIdx.y) * BN;
+  float acc[Mainloop::kMI][Mainloop::kNI][4];
+  weighted_mainloop<Elem, Mainloop>(p, tile, n0, smem_raw, acc);
+
+  const float* bias =
+      p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+#pragma unroll
+  for (int mi = 0; mi < Mainloop::kMI; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = tile.first + Mainloop::acc_row(mi, half * 2);
+      if (r >= tile.rows) continue;
+      const int sorted = tile.segment_start + r;
+      const float weight = row_weight(p, sorted);
+      float* y = p.y + static_cast<std::int64_t>(sorted) * p.y_ld + n0;
+#pragma unroll
+      for (int ni = 0; ni < Mainloop::kNI; ++ni) {
+        const int col = Mainloop::acc_col(ni, 0);
+        float v0 = acc[mi][ni][half * 2], v1 = acc[mi][ni][half * 2 + 1];
+        if (bias != nullptr) {
+          v0 += bias[col];
+          v1 += bias[col + 1];
+        }
+        *reinterpret_cast<float2*>(y + col) = make_float2(weight * v0, weight * v1);
+      }
+    }
+  }
+}
+
+// A narrow tile (sm90::GroupedMainloop with Narrow and 2 A planes): each accumulator is one
+// (token, column) element.
+template <class Elem, class Narrow, int RowBM>
+__device__ __forceinline__ void weighted_narrow_tile(const WeightedGemmParams<Elem>& p,
+                                                     void* smem_raw) {
+  Tile tile;
+  const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
+  if (!find_narrow_tile<RowBM>(p.tiles, index, tile)) return;
+  const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
+  float acc[Narrow::kMI][Narrow::kNI][4];
+  weighted_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
+
+  const float* bias =
+      p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
+#pragma unroll
+  for (int ni = 0; ni < Narrow::kNI; ++ni) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {  // tokens narrow_row(ni, j), in r = j and r = j + 2
+      const int r = tile.first + Narrow::narrow_row(ni, j);
+      if (r >= tile.rows) continue;
+      const int sorted = tile.segment_start + r;
+      const float weight = row_weight(p, sorted);
+      float* y = p.y + static_cast<std::int64_t>(sorted) * p.y_ld + n0;
+#pragma unroll
+      for (int mi = 0; mi < Narrow::kMI; ++mi) {
+#pragma unroll
+        for (int r8 = 0; r8 < 4; r8 += 2) {
+          const int col = Narrow::narrow_col(mi, r8);
+          float v = acc[mi][ni][r8 + j];
+          if (bias != nullptr) v += bias[col];
+          y[col] = weight * v;
+        }
+      }
+    }
+  }
+}
+
+// Mainloop: the row tiles'; Narrow: the narrow tiles', or void without them (as for
+// grouped_gemm_gated).
+template <class Elem, class Mainloop, class Narrow = void>
 __global__ void __launch_bounds__(Mainloop::kThreads)
     grouped_gemm_weighted(const __grid_constant__ WeightedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
     ptx::enter_dependent_grid();
-    constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-
-    Tile tile;
-    if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
-    const int n0 = static_cast<int>(blockIdx.y) * BN;
-
-    typename Mainloop::ARows a;
-#pragma unroll
-    for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
-      const int r = tile.first + Mainloop::Tiles::chunk_row(i);
-      a.row[i] = r < tile.rows
-                     ? p.act_hi + static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld
-                     : nullptr;
-    }
-    const Elem* b =
-        p.w + tile.expert * p.w_expert_stride + static_cast<std::int64_t>(n0) * p.act_ld;
-    float acc[Mainloop::kMI][Mainloop::kNI][4];
-    const MapRows b_map{&p.w_map,
-                        static_cast<int>(tile.expert * (p.w_expert_stride / p.act_ld)) + n0};
-    Mainloop::run(acc, smem_raw, a, p.plane_stride, p.act_ld, b, p.act_ld, p.act_ld / Mainloop::kBK,
-                  tile.rows - tile.first, b_map);
-
-    const float* bias =
-        p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
-#pragma unroll
-    for (int mi = 0; mi < Mainloop::kMI; ++mi) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = tile.first + Mainloop::acc_row(mi, half * 2);
-        if (r >= tile.rows) continue;
-        const int sorted = tile.segment_start + r;
-        float weight = 1.0f;
-        if (p.weights != nullptr) weight = p.weights[p.perm != nullptr ? p.perm[sorted] : sorted];
-        float* y = p.y + static_cast<std::int64_t>(sorted) * p.y_ld + n0;
-#pragma unroll
-        for (int ni = 0; ni < Mainloop::kNI; ++ni) {
-          const int col = Mainloop::acc_col(ni, 0);
-          float v0 = acc[mi][ni][half * 2], v1 = acc[mi][ni][half * 2 + 1];
-          if (bias != nullptr) {
-            v0 += bias[col];
-            v1 += bias[col + 1];
-          }
-          *reinterpret_cast<float2*>(y + col) = make_float2(weight * v0, weight * v1);
-        }
+    if constexpr (!std::is_void_v<Narrow>) {
+      static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
+      if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
+        weighted_narrow_tile<Elem, Narrow, Mainloop::kBM>(p, smem_raw);
+        return;
       }
     }
+    weighted_row_tile<Elem, Mainloop>(p, smem_raw);
   }
 }
 

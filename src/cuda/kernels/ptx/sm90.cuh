@@ -131,6 +131,47 @@ struct SM90_64x128x16_F32<__half> {
 
 #undef FUSEDMOE_WGMMA_M64N128K16
 
+// D[64 x 32] (+)= A[64 x 16] · B[32 x 16]ᵀ: the narrow tiles' MMA (gemm/sm90/narrow_mainloop.cuh),
+// with the weights as A and up to 32 token rows as B. Same operands and fragment layout as above,
+// 4 fragments of 8 columns.
+#define FUSEDMOE_WGMMA_M64N32K16(TYPE)                                                            \
+  asm volatile(                                                                                   \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                                \
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                                 \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                 \
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"                                                             \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])                                \
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
+
+template <class Elem>
+struct SM90_64x32x16_F32;
+template <>
+struct SM90_64x32x16_F32<__nv_bfloat16> {
+  __device__ __forceinline__ static void mma(float (&d)[4][4], std::uint64_t desc_a,
+                                             std::uint64_t desc_b, bool accumulate) {
+#if FUSEDMOE_WGMMA
+    FUSEDMOE_WGMMA_M64N32K16("bf16");
+#else
+    __trap();
+#endif
+  }
+};
+template <>
+struct SM90_64x32x16_F32<__half> {
+  __device__ __forceinline__ static void mma(float (&d)[4][4], std::uint64_t desc_a,
+                                             std::uint64_t desc_b, bool accumulate) {
+#if FUSEDMOE_WGMMA
+    FUSEDMOE_WGMMA_M64N32K16("f16");
+#else
+    __trap();
+#endif
+  }
+};
+
+#undef FUSEDMOE_WGMMA_M64N32K16
+
 // ---- mbarriers and the bulk tensor copy (TMA) -------------------------------------------------
 
 // An mbarrier in shared memory that completes a phase after `count` arrivals (and the bytes

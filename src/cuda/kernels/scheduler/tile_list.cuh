@@ -3,6 +3,12 @@
 // block whose index is past the list's end has no work and returns (no host synchronisation).
 // Without a list (the shared expert: every token, in token order) tile i covers rows
 // [i·BM, (i+1)·BM) of `rows` rows.
+//
+// With narrow tiles (sm_90a, gemm/sm90/grouped_mainloop.cuh) an expert whose last tile would hold
+// 1..narrow_rows rows gets a narrow tile for them instead: a second list, whose blocks follow the
+// `capacity` blocks of the first in the grid's x, so that each n-column of blocks runs its row
+// tiles and then its narrow tiles, while that column of weights is still in L2. Which list a block
+// reads is a function of blockIdx alone: the MMAs that follow are then provably uniform.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +20,10 @@ struct TileList {
   const int* count = nullptr;    // tiles in use (device)
   const int* offsets = nullptr;  // [E + 1] segment starts in sorted-row order
   int rows = 0;                  // without a list: rows in all
+  int capacity = 0;              // blocks of row tiles: the grid's x before the narrow tiles
+  const int2* narrow = nullptr;  // [experts] (expert, first row) of the narrow tiles
+  const int* narrow_count = nullptr;
+  int narrow_rows = 0;  // rows a narrow tile holds at most; 0: no narrow tiles
 };
 
 struct Tile {
@@ -23,6 +33,12 @@ struct Tile {
   int rows = 0;           // rows of the segment (the tile holds rows [first, min(first+BM, rows)))
 };
 
+// The tile of a list entry (expert, first row).
+__device__ __forceinline__ Tile listed_tile(const TileList& list, int2 t) {
+  const int start = list.offsets[t.x];
+  return {t.x, start, t.y, list.offsets[t.x + 1] - start};
+}
+
 // false: this block has no tile.
 template <int BM>
 __device__ __forceinline__ bool find_tile(const TileList& list, int index, Tile& tile) {
@@ -31,9 +47,19 @@ __device__ __forceinline__ bool find_tile(const TileList& list, int index, Tile&
     return tile.first < tile.rows;
   }
   if (index >= *list.count) return false;
-  const int2 t = list.tiles[index];
-  const int start = list.offsets[t.x];
-  tile = {t.x, start, t.y, list.offsets[t.x + 1] - start};
+  tile = listed_tile(list, list.tiles[index]);
+  return true;
+}
+
+// The narrow tile of block `index` of the narrow blocks; BM is the row tiles' height.
+template <int BM>
+__device__ __forceinline__ bool find_narrow_tile(const TileList& list, int index, Tile& tile) {
+  if (list.tiles == nullptr) {  // the rows past the row tiles, when they are few enough
+    tile = {0, 0, list.capacity * BM, list.rows};
+    return index == 0 && tile.first < tile.rows;
+  }
+  if (index >= *list.narrow_count) return false;
+  tile = listed_tile(list, list.narrow[index]);
   return true;
 }
 

@@ -12,6 +12,13 @@
 // layout (a chunk's position is its index XOR row % 8, 8-row groups 1024 bytes apart) once each
 // stage starts on a 1024-byte boundary, so the MMAs read the ring directly through descriptors.
 // One warpgroup (4 warps) computes 64 rows x BN; BM / 64 warpgroups per block.
+//
+// Narrow tiles (Narrow = true) hold the last few rows of an expert: BM = 32 token rows or fewer
+// against BN = 128 weight rows, loaded exactly as above, but with the operands' roles swapped in
+// the MMA: the weights are wgmma's A (two m64 halves) and the tokens its B (n32), so a tile of a
+// few rows costs a quarter of a 64-row tile's tensor work instead of all of it. Each output
+// element still sums the same products in the same order (k16 steps, then planes), so a row's
+// result is the same whichever tile computed it. One warpgroup.
 #pragma once
 
 #include <cstdint>
@@ -23,19 +30,22 @@
 
 namespace fusedmoe::cuda::sm90 {
 
-template <class Elem, int BM, int BN, int Stages, int APlanes>
+template <class Elem, int BM, int BN, int Stages, int APlanes, bool Narrow = false>
 struct GroupedMainloop {
   static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
   static constexpr int kBM = BM, kBN = BN;
-  static constexpr int kWarpGroups = BM / 64;
+  static constexpr bool kNarrow = Narrow;
+  static constexpr int kWarpGroups = Narrow ? 1 : BM / 64;
   static constexpr int kThreads = kWarpGroups * 128;
   using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
   using ARows = typename Tiles::ARows;
   static constexpr int kBK = Tiles::kBK;
   static constexpr int kWarpM = 16;  // rows per warp
   static constexpr int kWarpN = BN;  // columns per warp
-  static constexpr int kMI = 1;
-  static constexpr int kNI = BN / 8;
+  // acc[mi][ni][r]: row tiles one m64 block of rows by BN / 8 fragments of columns; narrow tiles
+  // BN / 64 m64 blocks of weight rows by BM / 8 fragments of token rows
+  static constexpr int kMI = Narrow ? BN / 64 : 1;
+  static constexpr int kNI = Narrow ? BM / 8 : BN / 8;
   static constexpr int kAStageElems = APlanes * BM * kBK;
   static constexpr int kStageElems = kAStageElems + BN * kBK;
   static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
@@ -44,7 +54,7 @@ struct GroupedMainloop {
   // the ring, its alignment slack and one 8-byte mbarrier per stage after it
   static constexpr int kSmemBytes = kRingBytes + kAlign + Stages * 8;
 
-  static_assert(BM % 64 == 0, "whole warpgroups of 64 rows");
+  static_assert(Narrow ? BM == 32 : BM % 64 == 0, "whole warpgroups of 64 rows, or n32 narrow tiles");
   static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
@@ -68,9 +78,12 @@ struct GroupedMainloop {
     }
     __syncthreads();
 #pragma unroll
-    for (int ni = 0; ni < kNI; ++ni) {
+    for (int mi = 0; mi < kMI; ++mi) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) acc[0][ni][r] = 0.0f;
+      for (int ni = 0; ni < kNI; ++ni) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+      }
     }
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
@@ -105,8 +118,8 @@ struct GroupedMainloop {
       // joins the running sum with round-to-nearest FADDs: see the sm_80 mainloop. The group is
       // waited for at once: its registers are read next, and the loads of the next Stages - 1
       // k-tiles are already in flight, so the pause costs tensor time, not memory time.
-      float part[kNI][4];
-      ptx::fence_registers(part);
+      float part[kMI][kNI][4];
+      fence_parts(part);
       ptx::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {
@@ -114,27 +127,58 @@ struct GroupedMainloop {
 #pragma unroll
         for (int p = 0; p < APlanes; ++p) {
           const std::uint64_t desc_a = ptx::smem_desc_sw128(sa + p * BM * kBK + ks * 16);
-          ptx::SM90_64x128x16_F32<Elem>::mma(part, desc_a, desc_b, ks > 0 || p > 0);
+          if constexpr (Narrow) {
+#pragma unroll
+            for (int mi = 0; mi < kMI; ++mi) {  // weight rows [64·mi, +64) against the tokens
+              ptx::SM90_64x32x16_F32<Elem>::mma(
+                  part[mi], ptx::smem_desc_sw128(sb + mi * 64 * kBK + ks * 16), desc_a,
+                  ks > 0 || p > 0);
+            }
+          } else {
+            ptx::SM90_64x128x16_F32<Elem>::mma(part[0], desc_a, desc_b, ks > 0 || p > 0);
+          }
         }
       }
       ptx::wgmma_commit();
-      ptx::fence_registers(part);
+      fence_parts(part);
       ptx::wgmma_wait<0>();
-      ptx::fence_registers(part);
+      fence_parts(part);
 #pragma unroll
-      for (int ni = 0; ni < kNI; ++ni) {
+      for (int mi = 0; mi < kMI; ++mi) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) acc[0][ni][r] += part[ni][r];
+        for (int ni = 0; ni < kNI; ++ni) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) acc[mi][ni][r] += part[mi][ni][r];
+        }
       }
     }
     ptx::cp_async_wait<0>();
   }
 
+  // Row tiles: acc[0][ni][r] is tile row acc_row(0, r), column acc_col(ni, r).
   __device__ __forceinline__ static int acc_row(int /*mi*/, int r) {
-    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-    return warp * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);  // warpgroup g's warps hold rows 64g..
+    static_assert(!Narrow, "narrow tiles: narrow_row / narrow_col");
+    return m64_row(r);  // warpgroup g's warps hold rows 64g..
   }
-  __device__ __forceinline__ static int acc_col(int ni, int r) {
+  __device__ __forceinline__ static int acc_col(int ni, int r) { return n8_col(ni, r); }
+  // Narrow tiles: acc[mi][ni][r] is token row narrow_row(ni, r) of the tile, weight row (output
+  // column) narrow_col(mi, r) of the block's BN. r = 0, 1 and r = 2, 3 are the same two tokens at
+  // columns c and c + 8.
+  __device__ __forceinline__ static int narrow_row(int ni, int r) { return n8_col(ni, r); }
+  __device__ __forceinline__ static int narrow_col(int mi, int r) { return mi * 64 + m64_row(r); }
+
+ private:
+  template <int MI, int NI>
+  __device__ __forceinline__ static void fence_parts(float (&part)[MI][NI][4]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) ptx::fence_registers(part[mi]);
+  }
+  // Where an m64nN accumulator element sits: row of the 64, column of the N.
+  __device__ __forceinline__ static int m64_row(int r) {
+    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    return warp * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
+  }
+  __device__ __forceinline__ static int n8_col(int ni, int r) {
     const int lane = static_cast<int>(threadIdx.x) % 32;
     return ni * 8 + (lane & 3) * 2 + (r & 1);
   }
