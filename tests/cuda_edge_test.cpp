@@ -103,9 +103,12 @@ std::vector<EdgeCase> edge_cases() {
         {"StridedXOut_bf16", with_shared(test::make_config(256, 136, 16, 4), 64, true), 17, o});
   }
   v.push_back({"SharedGated", with_shared(test::make_config(256, 136, 60, 4), 200, true), 129});
-  // 80 rows of the shared expert: a 64-row tile and, on sm_90a, a narrow tile of 16
-  v.push_back({"SharedRowAndNarrowTiles", with_shared(test::make_config(256, 136, 8, 2), 200, false),
-               80});
+  // Zipf-skewed (s = 1.2) over 8 experts, 160 slots: on sm_90a the first experts' rows (> 32) run
+  // on 64-row tiles and the tail's on narrow tiles, in the same launch; the shared expert's 80
+  // rows on a 64-row tile and a partial one
+  v.push_back({"NarrowAndRowTiles",
+               with_shared(precomputed(test::make_config(256, 136, 8, 2)), 200, false), 80,
+               ids(test::Ids::zipf, 1.2)});
   v.push_back({"GptOss", test::gpt_oss_like(256, 136, 32, 4), 129});
   {
     test::Options big;

@@ -53,26 +53,25 @@ std::pair<std::int64_t, std::int64_t> tiles_needed(const std::vector<std::int64_
   std::int64_t rows = 0, narrow = 0;
   for (std::int64_t c : per_expert) {
     rows += row_tiles(c, bm, narrow_rows);
-    narrow += c % bm > 0 && c % bm <= narrow_rows ? 1 : 0;
+    narrow += takes_narrow_tile(c, narrow_rows) ? 1 : 0;
   }
   return {rows, narrow};
 }
 
-TEST(CudaPlan, NarrowTilesTakeAnExpertsLastFewRows) {
-  // every row is in exactly one tile: whole row tiles, then a narrow tile of at most narrow_rows
+TEST(CudaPlan, NarrowTilesTakeExpertsWithFewRows) {
+  // every row is in exactly one tile: one narrow tile for 1..narrow_rows rows, else row tiles
   for (int narrow_rows : {0, kNarrowRows}) {
     for (std::int64_t c = 0; c <= 300; ++c) {
+      const bool narrow = takes_narrow_tile(c, narrow_rows);
       const std::int64_t tiles = row_tiles(c, 64, narrow_rows);
-      const std::int64_t rest = c - std::min(c, tiles * 64);
-      EXPECT_GE(tiles * 64, c - narrow_rows) << c;
-      EXPECT_LT((tiles - 1) * 64, c) << "no empty row tile at " << c;
-      EXPECT_LE(rest, narrow_rows) << c;
-      if (narrow_rows == 0) EXPECT_EQ(tiles, (c + 63) / 64) << c;
+      EXPECT_EQ(narrow, c > 0 && c <= narrow_rows) << c;
+      EXPECT_EQ(tiles, narrow ? 0 : (c + 63) / 64) << c;
+      EXPECT_EQ(tiles > 0 || narrow, c > 0) << "rows without a tile, or a tile without rows: " << c;
     }
   }
-  EXPECT_EQ(row_tiles(72, 64, 32), 1);
-  EXPECT_EQ(row_tiles(100, 64, 32), 2);
   EXPECT_EQ(row_tiles(20, 64, 32), 0);
+  EXPECT_EQ(row_tiles(33, 64, 32), 1);
+  EXPECT_EQ(row_tiles(72, 64, 32), 2) << "no narrow tile for an expert's last rows";
   // beside the sm_90a 64-row tiles only
   const LayerConfig mixtral = test::make_config(4096, 14336, 8, 2);
   EXPECT_EQ(make_plan(mixtral, 256, true).narrow_rows, kNarrowRows);

@@ -146,7 +146,9 @@ TileList tile_list(const TileArgs& t) {
   return l;
 }
 
-// The grid: row tiles then narrow tiles along x (tile_list.cuh), BN-column blocks along y.
+// The grid: row tiles then narrow tiles along x (tile_list.cuh), BN-column blocks along y. x is 0
+// when there are no rows (the caller launches nothing); the row tiles' capacity alone may be 0
+// when every row fits a narrow tile (the shared expert at T <= kNarrowRows).
 template <class K>
 dim3 gemm_grid(const TileArgs& t, int n_rows) {
   const std::int64_t narrow = std::is_void_v<typename K::Narrow> ? 0 : t.narrow_capacity;
@@ -174,7 +176,9 @@ Status gated(const GatedGemmArgs& a, cudaStream_t stream) {
   p.act_lo = static_cast<Elem*>(a.act) + a.act_plane_stride;
   p.act_ld = a.act_ld;
   p.activation = {static_cast<ActivationKind>(a.activation), a.limit, a.alpha};
-  launch_kernel(K::fn(), gemm_grid<K>(a.tiles, a.n_rows), K::kThreads, K::kSmem, stream, p);
+  const dim3 grid = gemm_grid<K>(a.tiles, a.n_rows);
+  if (grid.x == 0) return {};
+  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_gated");
   return {};
 }
@@ -196,7 +200,9 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
   p.bias_expert_stride = a.bias_expert_stride;
   p.y = a.y;
   p.y_ld = a.y_ld;
-  launch_kernel(K::fn(), gemm_grid<K>(a.tiles, a.n_rows), K::kThreads, K::kSmem, stream, p);
+  const dim3 grid = gemm_grid<K>(a.tiles, a.n_rows);
+  if (grid.x == 0) return {};
+  launch_kernel(K::fn(), grid, K::kThreads, K::kSmem, stream, p);
   FUSEDMOE_CUDA_CHECK_LAUNCH("grouped_gemm_weighted");
   return {};
 }
@@ -260,7 +266,6 @@ Status choose_path(int device, Path& path) {
 
 Status launch_gated_gemm(DType dtype, GemmTile tile, const GatedGemmArgs& args,
                          cudaStream_t stream) {
-  if (args.tiles.capacity == 0) return {};
   if (gemm_maps_weights() && args.w_map == nullptr) {
     return {StatusCode::invalid_argument, "the sm_90a mainloop needs the weights' tensor map"};
   }
@@ -270,7 +275,6 @@ Status launch_gated_gemm(DType dtype, GemmTile tile, const GatedGemmArgs& args,
 
 Status launch_weighted_gemm(DType dtype, GemmTile tile, const WeightedGemmArgs& args,
                             cudaStream_t stream) {
-  if (args.tiles.capacity == 0) return {};
   if (gemm_maps_weights() && args.w_map == nullptr) {
     return {StatusCode::invalid_argument, "the sm_90a mainloop needs the weights' tensor map"};
   }

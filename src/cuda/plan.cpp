@@ -34,8 +34,12 @@ GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma) {
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
 
+bool takes_narrow_tile(std::int64_t rows, int narrow_rows) {
+  return rows > 0 && rows <= narrow_rows;
+}
+
 std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows) {
-  return rows / bm + (rows % bm > narrow_rows ? 1 : 0);
+  return takes_narrow_tile(rows, narrow_rows) ? 0 : (rows + bm - 1) / bm;
 }
 
 bool narrow_tiles_enabled() {
@@ -108,7 +112,7 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
   p.narrow_rows = narrow(p.routed_tile);
   p.shared_narrow_rows = c.shared.intermediate > 0 ? narrow(p.shared_tile) : 0;
   const std::int64_t bm = tile_rows(p.routed_tile);
-  // every expert with rows adds at most one partial tile (a row tile or a narrow one)
+  // every expert with rows adds at most one partial row tile, or takes one narrow tile
   p.tile_capacity = (p.slots + bm - 1) / bm + std::min<std::int64_t>(c.experts, p.slots);
   p.narrow_capacity = p.narrow_rows > 0 ? std::min<std::int64_t>(c.experts, p.slots) : 0;
   p.stage_x = c.hidden % 8 != 0;

@@ -19,15 +19,18 @@ enum class GemmTile : std::uint8_t {
   m128n128,  // prefill: hundreds of rows per expert
 };
 
-// Narrow tiles (sm_90a, beside m64n128): an expert's last 1..kNarrowRows rows run as the tokens
-// of an n32 MMA against 128 weight rows, instead of padding a 64-row tile.
+// Narrow tiles (sm_90a, beside m64n128): an expert with 1..kNarrowRows rows runs them as the
+// tokens of an n32 MMA against 128 weight rows, instead of padding a 64-row tile (half the MMAs and
+// half the gathered rows). An expert with more rows takes 64-row tiles only: a narrow tile for its
+// last few rows measured slower than padding them (bench/NOTES.md, mixtral T = 256).
 inline constexpr int kNarrowRows = 32;
 
 int tile_rows(GemmTile tile);
 int tile_cols(GemmTile tile);
 
-// Row tiles of height `bm` for `rows` rows of one expert when its last 1..narrow_rows rows go to a
-// narrow tile (narrow_rows = 0: ceil(rows / bm)). The align kernel counts the same way.
+// Whether an expert with `rows` rows runs them as one narrow tile (narrow_rows: 0 without them),
+// and the row tiles of height `bm` it takes otherwise. The align kernel decides the same way.
+bool takes_narrow_tile(std::int64_t rows, int narrow_rows);
 std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows);
 
 // Whether the plan uses narrow tiles where it can: FUSEDMOE_CUDA_NARROW=0 turns them off, for
@@ -79,11 +82,11 @@ struct Plan {
   std::int64_t router_slices = 0;
   GemmTile routed_tile = GemmTile::m16n64;
   GemmTile shared_tile = GemmTile::m16n64;
-  std::int64_t tile_capacity = 0;  // upper bound on routed row tiles: the GEMM grids' x
-  int narrow_rows = 0;              // routed narrow tiles: kNarrowRows, or 0 without them
+  std::int64_t tile_capacity = 0;    // upper bound on routed row tiles: the GEMM grids' x
+  int narrow_rows = 0;               // routed narrow tiles: kNarrowRows, or 0 without them
   std::int64_t narrow_capacity = 0;  // upper bound on routed narrow tiles (one per expert)
   int shared_narrow_rows = 0;        // the same for the shared expert's tiles
-  bool stage_x = false;            // H % 8 != 0: x is copied to aligned rows first
+  bool stage_x = false;              // H % 8 != 0: x is copied to aligned rows first
   WorkspaceLayout workspace;
 };
 

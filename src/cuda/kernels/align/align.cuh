@@ -4,8 +4,8 @@
 //   perm[sorted]    = t·k + j of the slot placed there;  pos[t·k + j] = its sorted row, -1 if the
 //                     id is outside [0, E) (the slot contributes nothing; the id is counted)
 //   tiles[...]      (expert, first row) of every BM-row tile, experts in order; tile_count
-//   narrow[...]     with narrow_rows > 0: (expert, first row) of the narrow tile of each expert
-//                   whose last 1..narrow_rows rows take one instead of a row tile; narrow_count
+//   narrow[...]     with narrow_rows > 0: (expert, 0) of each expert with 1..narrow_rows rows,
+//                   which takes one narrow tile instead of row tiles (plan.hpp); narrow_count
 // Slots are placed with shared-memory atomics, so the order inside a segment varies run to run;
 // the results do not, because every row of a GEMM tile is computed independently of the others.
 #pragma once
@@ -43,9 +43,9 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   using Scan = cub::BlockScan<int, kAlignThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   extern __shared__ int align_smem[];
-  int* counts = align_smem;                  // [E], then the running cursor of each expert
-  int* tile_start = align_smem + p.experts;        // [E]
-  int* narrow_at = align_smem + 2 * p.experts;      // [E]: the expert's narrow tile, or -1
+  int* counts = align_smem;                     // [E], then the running cursor of each expert
+  int* tile_start = align_smem + p.experts;     // [E]
+  int* narrow_at = align_smem + 2 * p.experts;  // [E]: the expert's narrow tile, or -1
   __shared__ int invalid;
   const int tid = static_cast<int>(threadIdx.x);
   for (int e = tid; e < p.experts; e += kAlignThreads) counts[e] = 0;
@@ -65,15 +65,14 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   __syncthreads();
 
   // exclusive scans of rows, row tiles and narrow tiles, E split in contiguous runs of
-  // kAlignItems per thread; the row tiles are counted as plan.cpp's row_tiles() does
+  // kAlignItems per thread; the tiles are counted as plan.cpp's row_tiles() does
   int rows[kAlignItems], tiles[kAlignItems], narrows[kAlignItems];
 #pragma unroll
   for (int i = 0; i < kAlignItems; ++i) {
     const int e = tid * kAlignItems + i;
     rows[i] = e < p.experts ? counts[e] : 0;
-    const int rest = rows[i] % p.block_m;
-    tiles[i] = rows[i] / p.block_m + (rest > p.narrow_rows ? 1 : 0);
-    narrows[i] = rest > 0 && rest <= p.narrow_rows ? 1 : 0;
+    narrows[i] = rows[i] > 0 && rows[i] <= p.narrow_rows ? 1 : 0;
+    tiles[i] = narrows[i] > 0 ? 0 : (rows[i] + p.block_m - 1) / p.block_m;
   }
   int row_total = 0, tile_total = 0, narrow_total = 0;
   Scan(scan_storage).ExclusiveSum(rows, rows, row_total);
@@ -101,13 +100,13 @@ __global__ void __launch_bounds__(kAlignThreads) align_slots(const AlignParams p
   }
   __syncthreads();
 
-  // the tile lists: expert e's row tiles are [tile_start[e], tile_start[e + 1]), and its narrow
-  // tile (if any) takes the rows after them
+  // the tile lists: expert e's row tiles are [tile_start[e], tile_start[e + 1]), or its narrow
+  // tile takes all of its rows
   for (int e = tid; e < p.experts; e += kAlignThreads) {
     const int end = e + 1 < p.experts ? tile_start[e + 1] : tile_total;
     for (int i = tile_start[e]; i < end; ++i)
       p.tiles[i] = make_int2(e, (i - tile_start[e]) * p.block_m);
-    if (narrow_at[e] >= 0) p.narrow[narrow_at[e]] = make_int2(e, (end - tile_start[e]) * p.block_m);
+    if (narrow_at[e] >= 0) p.narrow[narrow_at[e]] = make_int2(e, 0);
   }
   for (int s = tid; s < p.slots; s += kAlignThreads) {
     const int e = p.ids[s];

@@ -77,7 +77,8 @@ __device__ __forceinline__ float2 gated_pair(const GatedGemmParams<Elem>& p, con
     u0 += bias[gate_col + 8];
     u1 += bias[same_col ? gate_col + 8 : gate_col + 9];
   }
-  return make_float2(gated_activation(p.activation, g0, u0), gated_activation(p.activation, g1, u1));
+  return make_float2(gated_activation(p.activation, g0, u0),
+                     gated_activation(p.activation, g1, u1));
 }
 
 // Intermediate column of packed row n (a gate row): 8 columns per 16 packed rows.
@@ -107,9 +108,9 @@ __device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, v
 #pragma unroll
       for (int ni = 0; ni < Mainloop::kNI; ni += 2) {
         const int gate_col = Mainloop::acc_col(ni, 0);  // packed row of the gate value
-        const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][half * 2],
-                                    acc[mi][ni][half * 2 + 1], acc[mi][ni + 1][half * 2],
-                                    acc[mi][ni + 1][half * 2 + 1], false);
+        const float2 v =
+            gated_pair(p, bias, gate_col, acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1],
+                       acc[mi][ni + 1][half * 2], acc[mi][ni + 1][half * 2 + 1], false);
         const int col = gated_column(n0 + gate_col);
         Pair hi, lo;
         Split16<Elem>::split(v, hi, lo);
@@ -122,11 +123,11 @@ __device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, v
 
 // A narrow tile (sm90::GroupedMainloop with Narrow): the accumulators hold weight rows g and
 // g + 8, a gate row and its up row, for two tokens each.
-template <class Elem, class Narrow, int RowBM>
+template <class Elem, class Narrow>
 __device__ __forceinline__ void gated_narrow_tile(const GatedGemmParams<Elem>& p, void* smem_raw) {
   Tile tile;
   const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-  if (!find_narrow_tile<RowBM>(p.tiles, index, tile)) return;
+  if (!find_narrow_tile(p.tiles, index, tile)) return;
   const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
   float acc[Narrow::kMI][Narrow::kNI][4];
   gated_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
@@ -140,8 +141,8 @@ __device__ __forceinline__ void gated_narrow_tile(const GatedGemmParams<Elem>& p
     const int col = gated_column(n0 + gate_col);
 #pragma unroll
     for (int ni = 0; ni < Narrow::kNI; ++ni) {
-      const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][0], acc[mi][ni][1],
-                                  acc[mi][ni][2], acc[mi][ni][3], true);
+      const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
+                                  acc[mi][ni][3], true);
       Pair hi, lo;
       Split16<Elem>::split(v, hi, lo);
 #pragma unroll
@@ -170,7 +171,7 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
     if constexpr (!std::is_void_v<Narrow>) {
       static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
       if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
-        gated_narrow_tile<Elem, Narrow, Mainloop::kBM>(p, smem_raw);
+        gated_narrow_tile<Elem, Narrow>(p, smem_raw);
         return;
       }
     }

@@ -99,12 +99,12 @@ __device__ __forceinline__ void weighted_row_tile(const WeightedGemmParams<Elem>
 
 // A narrow tile (sm90::GroupedMainloop with Narrow and 2 A planes): each accumulator is one
 // (token, column) element.
-template <class Elem, class Narrow, int RowBM>
+template <class Elem, class Narrow>
 __device__ __forceinline__ void weighted_narrow_tile(const WeightedGemmParams<Elem>& p,
                                                      void* smem_raw) {
   Tile tile;
   const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-  if (!find_narrow_tile<RowBM>(p.tiles, index, tile)) return;
+  if (!find_narrow_tile(p.tiles, index, tile)) return;
   const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
   float acc[Narrow::kMI][Narrow::kNI][4];
   weighted_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(Mainloop::kThreads)
     if constexpr (!std::is_void_v<Narrow>) {
       static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
       if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
-        weighted_narrow_tile<Elem, Narrow, Mainloop::kBM>(p, smem_raw);
+        weighted_narrow_tile<Elem, Narrow>(p, smem_raw);
         return;
       }
     }

@@ -131,7 +131,7 @@ struct SM90_64x128x16_F32<__half> {
 
 #undef FUSEDMOE_WGMMA_M64N128K16
 
-// D[64 x 32] (+)= A[64 x 16] · B[32 x 16]ᵀ: the narrow tiles' MMA (gemm/sm90/narrow_mainloop.cuh),
+// D[64 x 32] (+)= A[64 x 16] · B[32 x 16]ᵀ: the narrow tiles' MMA (gemm/sm90/grouped_mainloop.cuh),
 // with the weights as A and up to 32 token rows as B. Same operands and fragment layout as above,
 // 4 fragments of 8 columns.
 #define FUSEDMOE_WGMMA_M64N32K16(TYPE)                                                            \

@@ -4,8 +4,8 @@
 // Without a list (the shared expert: every token, in token order) tile i covers rows
 // [i·BM, (i+1)·BM) of `rows` rows.
 //
-// With narrow tiles (sm_90a, gemm/sm90/grouped_mainloop.cuh) an expert whose last tile would hold
-// 1..narrow_rows rows gets a narrow tile for them instead: a second list, whose blocks follow the
+// With narrow tiles (sm_90a, gemm/sm90/grouped_mainloop.cuh) an expert with 1..narrow_rows rows
+// takes one narrow tile for them instead of a row tile: a second list, whose blocks follow the
 // `capacity` blocks of the first in the grid's x, so that each n-column of blocks runs its row
 // tiles and then its narrow tiles, while that column of weights is still in L2. Which list a block
 // reads is a function of blockIdx alone: the MMAs that follow are then provably uniform.
@@ -51,12 +51,11 @@ __device__ __forceinline__ bool find_tile(const TileList& list, int index, Tile&
   return true;
 }
 
-// The narrow tile of block `index` of the narrow blocks; BM is the row tiles' height.
-template <int BM>
+// The narrow tile of block `index` of the narrow blocks.
 __device__ __forceinline__ bool find_narrow_tile(const TileList& list, int index, Tile& tile) {
-  if (list.tiles == nullptr) {  // the rows past the row tiles, when they are few enough
-    tile = {0, 0, list.capacity * BM, list.rows};
-    return index == 0 && tile.first < tile.rows;
+  if (list.tiles == nullptr) {  // every row, when there are no row tiles
+    tile = {0, 0, 0, list.rows};
+    return index == 0 && list.capacity == 0 && list.rows > 0;
   }
   if (index >= *list.narrow_count) return false;
   tile = listed_tile(list, list.narrow[index]);

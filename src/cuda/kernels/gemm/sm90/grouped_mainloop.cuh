@@ -13,10 +13,10 @@
 // stage starts on a 1024-byte boundary, so the MMAs read the ring directly through descriptors.
 // One warpgroup (4 warps) computes 64 rows x BN; BM / 64 warpgroups per block.
 //
-// Narrow tiles (Narrow = true) hold the last few rows of an expert: BM = 32 token rows or fewer
+// Narrow tiles (Narrow = true) hold the rows of an expert that has few: BM = 32 token rows or fewer
 // against BN = 128 weight rows, loaded exactly as above, but with the operands' roles swapped in
 // the MMA: the weights are wgmma's A (two m64 halves) and the tokens its B (n32), so a tile of a
-// few rows costs a quarter of a 64-row tile's tensor work instead of all of it. Each output
+// few rows costs half of a 64-row tile's tensor work. Each output
 // element still sums the same products in the same order (k16 steps, then planes), so a row's
 // result is the same whichever tile computed it. One warpgroup.
 #pragma once
@@ -54,7 +54,8 @@ struct GroupedMainloop {
   // the ring, its alignment slack and one 8-byte mbarrier per stage after it
   static constexpr int kSmemBytes = kRingBytes + kAlign + Stages * 8;
 
-  static_assert(Narrow ? BM == 32 : BM % 64 == 0, "whole warpgroups of 64 rows, or n32 narrow tiles");
+  static_assert(Narrow ? BM == 32 : BM % 64 == 0,
+                "whole warpgroups of 64 rows, or n32 narrow tiles");
   static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
@@ -130,9 +131,9 @@ struct GroupedMainloop {
           if constexpr (Narrow) {
 #pragma unroll
             for (int mi = 0; mi < kMI; ++mi) {  // weight rows [64·mi, +64) against the tokens
-              ptx::SM90_64x32x16_F32<Elem>::mma(
-                  part[mi], ptx::smem_desc_sw128(sb + mi * 64 * kBK + ks * 16), desc_a,
-                  ks > 0 || p > 0);
+              ptx::SM90_64x32x16_F32<Elem>::mma(part[mi],
+                                                ptx::smem_desc_sw128(sb + mi * 64 * kBK + ks * 16),
+                                                desc_a, ks > 0 || p > 0);
             }
           } else {
             ptx::SM90_64x128x16_F32<Elem>::mma(part[0], desc_a, desc_b, ks > 0 || p > 0);
