@@ -86,6 +86,31 @@ TEST(CudaPlan, NarrowTilesTakeExpertsWithFewRows) {
   EXPECT_EQ(make_plan(shared, 256, true).shared_narrow_rows, 0) << "128-row tiles";
 }
 
+TEST(CudaPlan, EveryRowHasABlock) {
+  // The GEMM grids' x is the row tiles' capacity plus the narrow tiles'; either may be 0 alone
+  // (the shared expert at T <= kNarrowRows has no row tile), never both while there are rows.
+  LayerConfig c = test::make_config(512, 256, 16, 2);
+  c.shared.intermediate = 128;
+  for (bool wgmma : {false, true}) {
+    for (std::int64_t t = 1; t <= 300; ++t) {
+      const Plan p = make_plan(c, t, wgmma);
+      EXPECT_GE(p.tile_capacity + p.narrow_capacity, 1) << "T=" << t;
+      const int bm = tile_rows(p.shared_tile);
+      if (p.shared_narrow_capacity > 0) {
+        EXPECT_EQ(p.shared_capacity, 0) << "T=" << t;
+        EXPECT_LE(t, p.shared_narrow_rows) << "T=" << t;
+      } else {
+        EXPECT_EQ(p.shared_capacity, (t + bm - 1) / bm) << "T=" << t;
+      }
+    }
+    EXPECT_EQ(make_plan(c, 17, wgmma).shared_narrow_capacity, wgmma ? 1 : 0);
+    EXPECT_EQ(make_plan(c, 17, wgmma).shared_capacity, wgmma ? 0 : 2);
+  }
+  c.shared.intermediate = 0;
+  EXPECT_EQ(make_plan(c, 17, true).shared_capacity + make_plan(c, 17, true).shared_narrow_capacity,
+            0);
+}
+
 TEST(CudaPlan, TileCapacityBoundsEveryRouting) {
   // The GEMM grids are sized before routing is known: the bound must hold for any spread of the
   // T·k slots, uniform, skewed, all on one expert, or one slot per expert.

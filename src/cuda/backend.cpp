@@ -357,8 +357,8 @@ class CudaBackend final : public core::BackendOps {
     if (c.shared.intermediate > 0) {
       TileArgs all_tokens;
       all_tokens.rows = t;
-      all_tokens.capacity = row_tiles(t, tile_rows(plan.shared_tile), plan.shared_narrow_rows);
-      all_tokens.narrow_capacity = all_tokens.capacity == 0 ? 1 : 0;  // T <= shared_narrow_rows
+      all_tokens.capacity = plan.shared_capacity;
+      all_tokens.narrow_capacity = plan.shared_narrow_capacity;
       all_tokens.narrow_rows = plan.shared_narrow_rows;
       FUSEDMOE_RETURN_IF_ERROR(run_set(c, w.shared, plan.shared_tile, all_tokens, x, x_ld, x_cols,
                                        nullptr, 1, t, r.shared_gate, at<void>(ws, l.shared_act),

@@ -110,7 +110,11 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
     return wgmma && tile == GemmTile::m64n128 && narrow_tiles_enabled() ? kNarrowRows : 0;
   };
   p.narrow_rows = narrow(p.routed_tile);
-  p.shared_narrow_rows = c.shared.intermediate > 0 ? narrow(p.shared_tile) : 0;
+  if (c.shared.intermediate > 0) {
+    p.shared_narrow_rows = narrow(p.shared_tile);
+    p.shared_capacity = row_tiles(tokens, tile_rows(p.shared_tile), p.shared_narrow_rows);
+    p.shared_narrow_capacity = takes_narrow_tile(tokens, p.shared_narrow_rows) ? 1 : 0;
+  }
   const std::int64_t bm = tile_rows(p.routed_tile);
   // every expert with rows adds at most one partial row tile, or takes one narrow tile
   p.tile_capacity = (p.slots + bm - 1) / bm + std::min<std::int64_t>(c.experts, p.slots);

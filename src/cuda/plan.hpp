@@ -86,7 +86,10 @@ struct Plan {
   int narrow_rows = 0;               // routed narrow tiles: kNarrowRows, or 0 without them
   std::int64_t narrow_capacity = 0;  // upper bound on routed narrow tiles (one per expert)
   int shared_narrow_rows = 0;        // the same for the shared expert's tiles
-  bool stage_x = false;              // H % 8 != 0: x is copied to aligned rows first
+  // the shared expert's T rows (no tile list): ceil(T / BM) row tiles, or none and one narrow
+  // tile when T <= shared_narrow_rows; 0 and 0 without a shared expert
+  std::int64_t shared_capacity = 0, shared_narrow_capacity = 0;
+  bool stage_x = false;  // H % 8 != 0: x is copied to aligned rows first
   WorkspaceLayout workspace;
 };
 
