@@ -350,7 +350,6 @@ class CudaBackend final : public core::BackendOps {
     routed_tiles.narrow = al.narrow;
     routed_tiles.narrow_count = al.narrow_count;
     routed_tiles.narrow_capacity = plan.narrow_capacity;
-    routed_tiles.narrow_rows = plan.narrow_rows;
     FUSEDMOE_RETURN_IF_ERROR(run_set(c, w.experts, plan.routed_tile, routed_tiles, x, x_ld, x_cols,
                                      al.perm, k, plan.slots, r.weights, at<void>(ws, l.act),
                                      at<float>(ws, l.y), plan.hidden_pad, stream));
@@ -359,7 +358,6 @@ class CudaBackend final : public core::BackendOps {
       all_tokens.rows = t;
       all_tokens.capacity = plan.shared_capacity;
       all_tokens.narrow_capacity = plan.shared_narrow_capacity;
-      all_tokens.narrow_rows = plan.shared_narrow_rows;
       FUSEDMOE_RETURN_IF_ERROR(run_set(c, w.shared, plan.shared_tile, all_tokens, x, x_ld, x_cols,
                                        nullptr, 1, t, r.shared_gate, at<void>(ws, l.shared_act),
                                        at<float>(ws, l.shared_y), plan.hidden_pad, stream));

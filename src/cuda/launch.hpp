@@ -27,7 +27,6 @@ struct TileArgs {
   const void* narrow = nullptr;  // int2 [narrow_capacity]; nullptr without a list
   const int* narrow_count = nullptr;
   std::int64_t narrow_capacity = 0;
-  int narrow_rows = 0;
 };
 
 struct GatedGemmArgs {
@@ -116,7 +115,7 @@ Status launch_route(const RouteArgs& args, cudaStream_t stream);
 struct AlignArgs {
   const std::int32_t* ids = nullptr;
   int slots = 0, experts = 0, block_m = 0;
-  int narrow_rows = 0;  // an expert's last 1..narrow_rows rows go to a narrow tile; 0: never
+  int narrow_rows = 0;  // an expert with 1..narrow_rows rows takes a narrow tile; 0: never
   int* offsets = nullptr;
   int* tile_count = nullptr;
   int* narrow_count = nullptr;

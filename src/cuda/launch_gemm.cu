@@ -72,8 +72,8 @@ struct Sm90Shape<GemmTile::m128n128, kWeighted> {
 
 enum class Path : std::uint8_t { sm80, sm90 };
 
-// The narrow tiles that finish an expert's rows beside the sm_90a 64-row tiles (kNarrowRows token
-// rows, one warpgroup, the row tile's stages); none (void) beside the others.
+// The narrow tiles of experts with few rows beside the sm_90a 64-row tiles (kNarrowRows token rows,
+// one warpgroup, the row tile's stages); none (void) beside the others.
 template <class Elem, GemmTile kTile, bool kWeighted, Path kPath>
 struct NarrowTiles {
   using Mainloop = void;
@@ -142,7 +142,6 @@ TileList tile_list(const TileArgs& t) {
   l.capacity = static_cast<int>(t.capacity);
   l.narrow = static_cast<const int2*>(t.narrow);
   l.narrow_count = t.narrow_count;
-  l.narrow_rows = t.narrow_rows;
   return l;
 }
 

@@ -23,7 +23,6 @@ struct TileList {
   int capacity = 0;              // blocks of row tiles: the grid's x before the narrow tiles
   const int2* narrow = nullptr;  // [experts] (expert, first row) of the narrow tiles
   const int* narrow_count = nullptr;
-  int narrow_rows = 0;  // rows a narrow tile holds at most; 0: no narrow tiles
 };
 
 struct Tile {

@@ -16,9 +16,9 @@
 // Narrow tiles (Narrow = true) hold the rows of an expert that has few: BM = 32 token rows or fewer
 // against BN = 128 weight rows, loaded exactly as above, but with the operands' roles swapped in
 // the MMA: the weights are wgmma's A (two m64 halves) and the tokens its B (n32), so a tile of a
-// few rows costs half of a 64-row tile's tensor work. Each output
-// element still sums the same products in the same order (k16 steps, then planes), so a row's
-// result is the same whichever tile computed it. One warpgroup.
+// few rows costs half of a 64-row tile's tensor work. Each output element still sums the same
+// products in the same order (k16 steps, then planes), so a row's result is the same whichever
+// tile computed it. One warpgroup.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,6 @@ template <class Elem, int BM, int BN, int Stages, int APlanes, bool Narrow = fal
 struct GroupedMainloop {
   static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
   static constexpr int kBM = BM, kBN = BN;
-  static constexpr bool kNarrow = Narrow;
   static constexpr int kWarpGroups = Narrow ? 1 : BM / 64;
   static constexpr int kThreads = kWarpGroups * 128;
   using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
