@@ -105,10 +105,20 @@ std::vector<EdgeCase> edge_cases() {
   v.push_back({"SharedGated", with_shared(test::make_config(256, 136, 60, 4), 200, true), 129});
   // Zipf-skewed (s = 1.2) over 8 experts, 160 slots: on sm_90a the first experts' rows (> 32) run
   // on 64-row tiles and the tail's on narrow tiles, in the same launch; the shared expert's 80
-  // rows on a 64-row tile and a partial one
+  // rows on one partial 96-row tile (sm_90a) or two 64-row ones
   v.push_back({"NarrowAndRowTiles",
                with_shared(precomputed(test::make_config(256, 136, 8, 2)), 200, false), 80,
                ids(test::Ids::zipf, 1.2)});
+  // 96-row tiles (sm_90a, 49..96 rows per expert on average): every expert of 2 with all 90
+  // tokens in one partial tile, and the shared expert's 90 rows too; then Zipf-skewed over 8
+  // experts at 64 per expert on average, so that some experts take two tiles and some a few rows
+  v.push_back({"Tiles96_AllTokens",
+               with_shared(precomputed(test::make_config(256, 136, 2, 2)), 200, true), 90,
+               ids(test::Ids::zipf, 0.0)});
+  v.push_back({"Tiles96_AllTokens_f16",
+               with_shared(test::make_config(256, 136, 2, 2, DType::f16), 72, false), 90});
+  v.push_back({"Tiles96_Zipf", precomputed(test::make_config(256, 136, 8, 2)), 256,
+               ids(test::Ids::zipf, 0.8)});
   v.push_back({"GptOss", test::gpt_oss_like(256, 136, 32, 4), 129});
   {
     test::Options big;

@@ -20,15 +20,23 @@ TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
   for (bool wgmma : {false, true}) {
     EXPECT_EQ(choose_tile(1, 128, wgmma), GemmTile::m16n64);
     EXPECT_EQ(choose_tile(2, 8, wgmma), GemmTile::m16n64) << "one row per expert";
-    EXPECT_EQ(choose_tile(256 * 2, 8, wgmma), GemmTile::m64n128);
+    EXPECT_EQ(choose_tile(256 * 2, 8, wgmma), wgmma ? GemmTile::m96n128 : GemmTile::m64n128);
     EXPECT_EQ(choose_tile(4096 * 8, 128, wgmma), GemmTile::m128n128);
     int last = 0;
     for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
-      const int bm = tile_rows(choose_tile(rows, 64, wgmma));
-      EXPECT_GE(bm, last) << "rows " << rows << (wgmma ? " (wgmma)" : "");
-      last = bm;
+      const GemmTile tile = choose_tile(rows, 64, wgmma);
+      EXPECT_GE(tile_rows(tile), last) << "rows " << rows << (wgmma ? " (wgmma)" : "");
+      EXPECT_TRUE(wgmma || has_sm80_kernel(tile)) << "an sm_90a-only tile on sm_80: " << rows;
+      last = tile_rows(tile);
     }
   }
+  // the 96-row tile (sm_90a) from kM96MinRows + 1 to 96 rows per expert
+  EXPECT_EQ(choose_tile(kM96MinRows * 8, 8, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile((kM96MinRows + 1) * 8, 8, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(96 * 8, 8, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(97 * 8, 8, true), GemmTile::m128n128);
+  EXPECT_EQ(choose_tile(72 * 8, 8, false), GemmTile::m64n128);
+  EXPECT_FALSE(has_sm80_kernel(GemmTile::m96n128));
   // a handful of rows per expert: 16-row tiles on sm_80, 64-row ones from 2 rows on sm_90a
   EXPECT_EQ(choose_tile(16 * 8, 8, false), GemmTile::m16n64);
   EXPECT_EQ(choose_tile(16 * 8, 8, true), GemmTile::m64n128);
@@ -37,7 +45,7 @@ TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
 }
 
 TEST(CudaPlan, TileNamesRoundTrip) {
-  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
     const std::optional<GemmTile> back = parse_tile(to_string(t));
     ASSERT_TRUE(back.has_value()) << to_string(t);
     EXPECT_EQ(*back, t);
@@ -74,15 +82,19 @@ TEST(CudaPlan, NarrowTilesTakeExpertsWithFewRows) {
   EXPECT_EQ(row_tiles(72, 64, 32), 2) << "no narrow tile for an expert's last rows";
   // beside the sm_90a 64-row tiles only
   const LayerConfig mixtral = test::make_config(4096, 14336, 8, 2);
-  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_rows, kNarrowRows);
-  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_capacity, 8);
-  EXPECT_EQ(make_plan(mixtral, 256, false).narrow_rows, 0);
+  EXPECT_EQ(make_plan(mixtral, 64, true).narrow_rows, kNarrowRows);
+  EXPECT_EQ(make_plan(mixtral, 64, true).narrow_capacity, 8);
+  EXPECT_EQ(make_plan(mixtral, 64, false).narrow_rows, 0);
+  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_rows, 0) << "96-row tiles";
+  EXPECT_EQ(make_plan(mixtral, 256, true).narrow_capacity, 0);
   EXPECT_EQ(make_plan(mixtral, 1, true).narrow_rows, 0) << "16-row tiles";
   EXPECT_EQ(make_plan(mixtral, 4096, true).narrow_rows, 0) << "128-row tiles";
   EXPECT_EQ(make_plan(mixtral, 256, true).shared_narrow_rows, 0) << "no shared expert";
   LayerConfig shared = mixtral;
   shared.shared.intermediate = 1024;
-  EXPECT_EQ(make_plan(shared, 72, true).shared_narrow_rows, kNarrowRows);
+  EXPECT_EQ(make_plan(shared, 40, true).shared_narrow_rows, kNarrowRows);
+  EXPECT_EQ(make_plan(shared, 72, true).shared_narrow_rows, 0) << "one 96-row tile";
+  EXPECT_EQ(make_plan(shared, 72, true).shared_capacity, 1);
   EXPECT_EQ(make_plan(shared, 256, true).shared_narrow_rows, 0) << "128-row tiles";
 }
 

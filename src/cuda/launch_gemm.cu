@@ -1,5 +1,5 @@
 // Launchers of the expert GEMMs: the one place where (dtype, tile, mainloop) become template
-// arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 2 sm_90a
+// arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 3 sm_90a
 // tiles). On an sm_90 device that runs this build's sm_90a machine code, tiles of 64 rows and more
 // use the wgmma mainloop, which loads the weights through tensor maps; everywhere else (and with
 // FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one. prepare_kernels(), the per-device set-up of every
@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -59,15 +60,29 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
 // stages (two blocks per SM) 1047 us, 3 + 2 stages 951-957 us in the same call; one block per SM
 // with rings of 7-9 stages was slower still, and so were stages of 32 columns with twice as many
 // of them in the same bytes (H100, 2026-12-07: mixtral T = 256 1204 -> 1245 us).
+//
+// The m96n128 tile is the swapped form (the weights as wgmma's M, up to 96 token rows as its N)
+// with two warpgroups, one per m64 half of the weight rows: 256 threads whose registers are held
+// to 128 so that two blocks share an SM, with rings of 3 stages (84 KB) and 2 (80 KB).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m64n128, kWeighted> {
-  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3;
+  static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3, kWarpGroups = 1;
+  static constexpr bool kSwapped = false;
+  static constexpr int kMinBlocks = 1;
+};
+template <bool kWeighted>
+struct Sm90Shape<GemmTile::m96n128, kWeighted> {
+  static constexpr int kBM = 96, kBN = 128, kStages = kWeighted ? 2 : 3, kWarpGroups = 2;
+  static constexpr bool kSwapped = true;
+  static constexpr int kMinBlocks = 2;
 };
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {
-  static constexpr int kBM = 128, kBN = 128, kStages = 4;
+  static constexpr int kBM = 128, kBN = 128, kStages = 4, kWarpGroups = 2;
+  static constexpr bool kSwapped = false;
+  static constexpr int kMinBlocks = 1;
 };
 
 enum class Path : std::uint8_t { sm80, sm90 };
@@ -92,7 +107,8 @@ struct GemmKernel {
   static auto mainloop() {
     if constexpr (kPath == Path::sm90) {
       using S = Sm90Shape<kTile, kWeighted>;
-      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes>;
+      using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes, S::kSwapped,
+                                      S::kWarpGroups>;
       static_assert(M::kBN == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
                     "the weight maps' box is one k-tile of B");
       return M{};
@@ -105,6 +121,13 @@ struct GemmKernel {
   using Mainloop = decltype(mainloop());
   using Narrow = typename NarrowTiles<Elem, kTile, kWeighted, kPath>::Mainloop;
   static constexpr int kThreads = Mainloop::kThreads;
+  static constexpr int kMinBlocks = [] {
+    if constexpr (kPath == Path::sm90) {
+      return Sm90Shape<kTile, kWeighted>::kMinBlocks;
+    } else {
+      return 1;
+    }
+  }();
   static constexpr int kSmem = [] {
     if constexpr (std::is_void_v<Narrow>) {
       return Mainloop::kSmemBytes;
@@ -114,9 +137,9 @@ struct GemmKernel {
   }();
   static auto fn() {
     if constexpr (kWeighted) {
-      return &grouped_gemm_weighted<Elem, Mainloop, Narrow>;
+      return &grouped_gemm_weighted<Elem, Mainloop, Narrow, kMinBlocks>;
     } else {
-      return &grouped_gemm_gated<Elem, Mainloop, Narrow>;
+      return &grouped_gemm_gated<Elem, Mainloop, Narrow, kMinBlocks>;
     }
   }
   static Status prepare() {
@@ -207,7 +230,8 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
 }
 
 // Calls f.template operator()<K>() with K = GemmKernel<Elem, kTile, kWeighted, path> for the
-// runtime (dtype, tile, path); `path` falls back to sm80 for tiles without an sm_90a kernel.
+// runtime (dtype, tile, path); `path` falls back to sm80 for tiles without an sm_90a kernel. A tile
+// with only an sm_90a kernel on the sm80 path is an error (make_plan does not choose it there).
 template <bool kWeighted, class F>
 Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
   const auto by_path = [&]<class Elem, GemmTile kTile>() -> Status {
@@ -216,7 +240,12 @@ Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
         return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm90>>();
       }
     }
-    return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm80>>();
+    if constexpr (has_sm80_kernel(kTile)) {
+      return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm80>>();
+    } else {
+      return {StatusCode::invalid_argument,
+              "the " + std::string(to_string(kTile)) + " GEMM tile needs the sm_90a mainloop"};
+    }
   };
   const auto by_tile = [&]<class Elem>() -> Status {
     switch (tile) {
@@ -224,6 +253,8 @@ Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
         return by_path.template operator()<Elem, GemmTile::m16n64>();
       case GemmTile::m64n128:
         return by_path.template operator()<Elem, GemmTile::m64n128>();
+      case GemmTile::m96n128:
+        return by_path.template operator()<Elem, GemmTile::m96n128>();
       case GemmTile::m128n128:
         return by_path.template operator()<Elem, GemmTile::m128n128>();
     }
@@ -292,7 +323,9 @@ Status prepare_kernels() {
   FUSEDMOE_RETURN_IF_ERROR(choose_path(device, chosen));
   for (Path path : {Path::sm80, chosen}) {
     for (DType dtype : {DType::bf16, DType::f16}) {
-      for (GemmTile tile : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+      for (GemmTile tile :
+           {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
+        if (path == Path::sm80 && !has_sm80_kernel(tile)) continue;
         const auto prepare = [&]<class K>() { return K::prepare(); };
         FUSEDMOE_RETURN_IF_ERROR(dispatch<false>(dtype, tile, path, prepare));
         FUSEDMOE_RETURN_IF_ERROR(dispatch<true>(dtype, tile, path, prepare));

@@ -12,6 +12,8 @@ int tile_rows(GemmTile tile) {
       return 16;
     case GemmTile::m64n128:
       return 64;
+    case GemmTile::m96n128:
+      return 96;
     case GemmTile::m128n128:
       return 128;
   }
@@ -26,8 +28,11 @@ GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma) {
   // sm_90a mainloop a 64-row tile streams its weights by TMA faster than the 16-row sm_80 tile
   // does by cp.async, from 2 rows per expert on (H100, bench/NOTES.md: mixtral T = 16 and 64 -7%,
   // qwen2 -3..-6%); with 1 row per expert it has too few blocks (mixtral T = 1 +33%).
+  // Around 64 rows per expert about half of the experts overflow one 64-row tile; on sm_90a a
+  // 96-row tile streams their weights once instead of twice (bench/NOTES.md, mixtral T = 256).
   const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
   if (per_group <= (wgmma ? 1 : 24)) return GemmTile::m16n64;
+  if (wgmma && per_group > kM96MinRows && per_group <= 96) return GemmTile::m96n128;
   if (per_group <= 96) return GemmTile::m64n128;
   return GemmTile::m128n128;
 }
@@ -51,7 +56,7 @@ bool narrow_tiles_enabled() {
 }
 
 std::optional<GemmTile> parse_tile(std::string_view name) {
-  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128}) {
+  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
     if (name == to_string(t)) return t;
   }
   return std::nullopt;
@@ -63,6 +68,8 @@ std::string_view to_string(GemmTile tile) {
       return "m16n64";
     case GemmTile::m64n128:
       return "m64n128";
+    case GemmTile::m96n128:
+      return "m96n128";
     case GemmTile::m128n128:
       return "m128n128";
   }
@@ -103,7 +110,9 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
       (c.routing.kind == RoutingKind::precomputed ? 0 : c.experts) + (c.shared.gated ? 1 : 0);
   p.router_slices = (c.hidden + kRouterSlice - 1) / kRouterSlice;
   p.routed_tile = choose_tile(p.slots, c.experts, wgmma);
-  if (const std::optional<GemmTile> forced = forced_tile()) p.routed_tile = *forced;
+  if (const std::optional<GemmTile> forced = forced_tile()) {
+    p.routed_tile = wgmma || has_sm80_kernel(*forced) ? *forced : GemmTile::m64n128;
+  }
   p.shared_tile = choose_tile(tokens, 1, wgmma);
   // narrow tiles run beside the sm_90a 64-row tiles only
   const auto narrow = [&](GemmTile tile) {

@@ -12,11 +12,15 @@
 
 namespace fusedmoe::cuda {
 
-// The expert-GEMM tile shapes that ship (gemm/sm80/): rows x columns per block.
+// The expert-GEMM tile shapes that ship: rows x columns per block.
 enum class GemmTile : std::uint8_t {
   m16n64,    // decode: a handful of rows per expert; many narrow blocks stream the weights
   m64n128,   // tens of rows per expert
   m128n128,  // prefill: hundreds of rows per expert
+  // sm_90a only: up to 96 rows as the N of a swapped wgmma (the weights are its M), two
+  // warpgroups of 64 weight rows each. An expert with 65..96 rows, which would take two 64-row
+  // tiles, streams each block of its weights once.
+  m96n128,
 };
 
 // Narrow tiles (sm_90a, beside m64n128): an expert with 1..kNarrowRows rows runs them as the
@@ -24,6 +28,9 @@ enum class GemmTile : std::uint8_t {
 // half the gathered rows). An expert with more rows takes 64-row tiles only: a narrow tile for its
 // last few rows measured slower than padding them (bench/NOTES.md, mixtral T = 256).
 inline constexpr int kNarrowRows = 32;
+
+// On sm_90a, m96n128 is the tile for more than kM96MinRows (and at most 96) rows per expert.
+inline constexpr int kM96MinRows = 48;
 
 int tile_rows(GemmTile tile);
 int tile_cols(GemmTile tile);
@@ -37,6 +44,9 @@ std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows);
 // tuning runs (read once per process).
 bool narrow_tiles_enabled();
 
+// Whether `tile` has an sm_80 (mma.sync) kernel: every tile but m96n128.
+constexpr bool has_sm80_kernel(GemmTile tile) { return tile != GemmTile::m96n128; }
+
 std::string_view to_string(GemmTile tile);
 std::optional<GemmTile> parse_tile(std::string_view name);
 
@@ -44,8 +54,9 @@ std::optional<GemmTile> parse_tile(std::string_view name);
 // for the mainloop the device runs: `wgmma` when its 64- and 128-row tiles run the sm_90a one.
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma);
 
-// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m128n128 forces the routed experts' tile, for tuning runs
-// (read once per process; workspace sizes follow it).
+// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128 forces the routed experts' tile, for tuning
+// runs (read once per process; workspace sizes follow it). m96n128 becomes m64n128 where the
+// sm_90a mainloop does not run.
 std::optional<GemmTile> forced_tile();
 
 inline constexpr std::int64_t kKAlign =

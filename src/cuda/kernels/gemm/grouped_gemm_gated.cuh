@@ -86,11 +86,10 @@ __device__ __forceinline__ int gated_column(int n) { return n / 16 * 8 + n % 8; 
 
 // A row tile (Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane).
 template <class Elem, class Mainloop>
-__device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, void* smem_raw) {
-  constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
+__device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, const Tile& tile,
+                                               void* smem_raw) {
+  constexpr int BN = Mainloop::kBN;
   static_assert(Mainloop::kWarpN % 16 == 0, "each warp holds whole (gate, up) fragment pairs");
-  Tile tile;
-  if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
   const int n0 = static_cast<int>(blockIdx.y) * BN;  // first packed row
   float acc[Mainloop::kMI][Mainloop::kNI][4];
   gated_mainloop<Elem, Mainloop>(p, tile, n0, smem_raw, acc);
@@ -121,33 +120,31 @@ __device__ __forceinline__ void gated_row_tile(const GatedGemmParams<Elem>& p, v
   }
 }
 
-// A narrow tile (sm90::GroupedMainloop with Narrow): the accumulators hold weight rows g and
+// A swapped tile (sm90::GroupedMainloop with Swapped): the accumulators hold weight rows g and
 // g + 8, a gate row and its up row, for two tokens each.
-template <class Elem, class Narrow>
-__device__ __forceinline__ void gated_narrow_tile(const GatedGemmParams<Elem>& p, void* smem_raw) {
-  Tile tile;
-  const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-  if (!find_narrow_tile(p.tiles, index, tile)) return;
-  const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
-  float acc[Narrow::kMI][Narrow::kNI][4];
-  gated_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
+template <class Elem, class Swapped>
+__device__ __forceinline__ void gated_swapped_tile(const GatedGemmParams<Elem>& p, const Tile& tile,
+                                                   void* smem_raw) {
+  const int n0 = static_cast<int>(blockIdx.y) * Swapped::kBN;
+  float acc[Swapped::kMI][Swapped::kNI][4];
+  gated_mainloop<Elem, Swapped>(p, tile, n0, smem_raw, acc);
 
   const float* bias =
       p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
   using Pair = typename Split16<Elem>::Pair;
 #pragma unroll
-  for (int mi = 0; mi < Narrow::kMI; ++mi) {
-    const int gate_col = Narrow::narrow_col(mi, 0);
+  for (int mi = 0; mi < Swapped::kMI; ++mi) {
+    const int gate_col = Swapped::swapped_col(mi, 0);
     const int col = gated_column(n0 + gate_col);
 #pragma unroll
-    for (int ni = 0; ni < Narrow::kNI; ++ni) {
+    for (int ni = 0; ni < Swapped::kNI; ++ni) {
       const float2 v = gated_pair(p, bias, gate_col, acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
                                   acc[mi][ni][3], true);
       Pair hi, lo;
       Split16<Elem>::split(v, hi, lo);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {  // tokens narrow_row(ni, j): v.x, v.y
-        const int r = tile.first + Narrow::narrow_row(ni, j);
+      for (int j = 0; j < 2; ++j) {  // tokens swapped_row(ni, j): v.x, v.y
+        const int r = tile.first + Swapped::swapped_row(ni, j);
         if (r >= tile.rows) continue;
         const std::int64_t at = static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld + col;
         p.act_hi[at] = j == 0 ? hi.x : hi.y;
@@ -157,25 +154,41 @@ __device__ __forceinline__ void gated_narrow_tile(const GatedGemmParams<Elem>& p
   }
 }
 
-// Mainloop: the row tiles' (sm80::GroupedMainloop or sm90::GroupedMainloop with 1 A plane);
-// Narrow: the narrow tiles' (sm90::GroupedMainloop with Narrow), or void without them. Blocks
-// [0, tiles.capacity) of x run row tiles, the rest narrow tiles.
-template <class Elem, class Mainloop, class Narrow = void>
-__global__ void __launch_bounds__(Mainloop::kThreads)
+// One tile of either form.
+template <class Elem, class Mainloop>
+__device__ __forceinline__ void gated_tile(const GatedGemmParams<Elem>& p, const Tile& tile,
+                                           void* smem_raw) {
+  if constexpr (Mainloop::kSwapped) {
+    gated_swapped_tile<Elem, Mainloop>(p, tile, smem_raw);
+  } else {
+    gated_row_tile<Elem, Mainloop>(p, tile, smem_raw);
+  }
+}
+
+// Mainloop: the row tiles' (sm80::GroupedMainloop, or sm90::GroupedMainloop with 1 A plane, of
+// either form); Narrow: the narrow tiles' (sm90::GroupedMainloop, swapped), or void without them.
+// Blocks [0, tiles.capacity) of x run row tiles, the rest narrow tiles. MinBlocks: blocks per SM
+// the registers must allow (__launch_bounds__).
+template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 1>
+__global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
     grouped_gemm_gated(const __grid_constant__ GatedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
     ptx::enter_dependent_grid();
     extern __shared__ __align__(128) unsigned char smem_raw[];
+    Tile tile;
     if constexpr (!std::is_void_v<Narrow>) {
       static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
-      if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
-        gated_narrow_tile<Elem, Narrow>(p, smem_raw);
+      const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
+      if (index >= 0) {
+        if (find_narrow_tile(p.tiles, index, tile)) gated_tile<Elem, Narrow>(p, tile, smem_raw);
         return;
       }
     }
-    gated_row_tile<Elem, Mainloop>(p, smem_raw);
+    if (find_tile<Mainloop::kBM>(p.tiles, static_cast<int>(blockIdx.x), tile)) {
+      gated_tile<Elem, Mainloop>(p, tile, smem_raw);
+    }
   }
 }
 

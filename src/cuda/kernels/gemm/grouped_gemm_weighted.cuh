@@ -64,10 +64,8 @@ __device__ __forceinline__ float row_weight(const WeightedGemmParams<Elem>& p, i
 // A row tile (Mainloop: sm80::GroupedMainloop or sm90::GroupedMainloop with 2 A planes).
 template <class Elem, class Mainloop>
 __device__ __forceinline__ void weighted_row_tile(const WeightedGemmParams<Elem>& p,
-                                                  void* smem_raw) {
-  constexpr int BM = Mainloop::kBM, BN = Mainloop::kBN;
-  Tile tile;
-  if (!find_tile<BM>(p.tiles, static_cast<int>(blockIdx.x), tile)) return;
+                                                  const Tile& tile, void* smem_raw) {
+  constexpr int BN = Mainloop::kBN;
   const int n0 = static_cast<int>(blockIdx.y) * BN;
   float acc[Mainloop::kMI][Mainloop::kNI][4];
   weighted_mainloop<Elem, Mainloop>(p, tile, n0, smem_raw, acc);
@@ -97,34 +95,31 @@ __device__ __forceinline__ void weighted_row_tile(const WeightedGemmParams<Elem>
   }
 }
 
-// A narrow tile (sm90::GroupedMainloop with Narrow and 2 A planes): each accumulator is one
+// A swapped tile (sm90::GroupedMainloop with Swapped and 2 A planes): each accumulator is one
 // (token, column) element.
-template <class Elem, class Narrow>
-__device__ __forceinline__ void weighted_narrow_tile(const WeightedGemmParams<Elem>& p,
-                                                     void* smem_raw) {
-  Tile tile;
-  const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-  if (!find_narrow_tile(p.tiles, index, tile)) return;
-  const int n0 = static_cast<int>(blockIdx.y) * Narrow::kBN;
-  float acc[Narrow::kMI][Narrow::kNI][4];
-  weighted_mainloop<Elem, Narrow>(p, tile, n0, smem_raw, acc);
+template <class Elem, class Swapped>
+__device__ __forceinline__ void weighted_swapped_tile(const WeightedGemmParams<Elem>& p,
+                                                      const Tile& tile, void* smem_raw) {
+  const int n0 = static_cast<int>(blockIdx.y) * Swapped::kBN;
+  float acc[Swapped::kMI][Swapped::kNI][4];
+  weighted_mainloop<Elem, Swapped>(p, tile, n0, smem_raw, acc);
 
   const float* bias =
       p.bias != nullptr ? p.bias + tile.expert * p.bias_expert_stride + n0 : nullptr;
 #pragma unroll
-  for (int ni = 0; ni < Narrow::kNI; ++ni) {
+  for (int ni = 0; ni < Swapped::kNI; ++ni) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {  // tokens narrow_row(ni, j), in r = j and r = j + 2
-      const int r = tile.first + Narrow::narrow_row(ni, j);
+    for (int j = 0; j < 2; ++j) {  // tokens swapped_row(ni, j), in r = j and r = j + 2
+      const int r = tile.first + Swapped::swapped_row(ni, j);
       if (r >= tile.rows) continue;
       const int sorted = tile.segment_start + r;
       const float weight = row_weight(p, sorted);
       float* y = p.y + static_cast<std::int64_t>(sorted) * p.y_ld + n0;
 #pragma unroll
-      for (int mi = 0; mi < Narrow::kMI; ++mi) {
+      for (int mi = 0; mi < Swapped::kMI; ++mi) {
 #pragma unroll
         for (int r8 = 0; r8 < 4; r8 += 2) {
-          const int col = Narrow::narrow_col(mi, r8);
+          const int col = Swapped::swapped_col(mi, r8);
           float v = acc[mi][ni][r8 + j];
           if (bias != nullptr) v += bias[col];
           y[col] = weight * v;
@@ -134,24 +129,39 @@ __device__ __forceinline__ void weighted_narrow_tile(const WeightedGemmParams<El
   }
 }
 
-// Mainloop: the row tiles'; Narrow: the narrow tiles', or void without them (as for
-// grouped_gemm_gated).
-template <class Elem, class Mainloop, class Narrow = void>
-__global__ void __launch_bounds__(Mainloop::kThreads)
+// One tile of either form.
+template <class Elem, class Mainloop>
+__device__ __forceinline__ void weighted_tile(const WeightedGemmParams<Elem>& p, const Tile& tile,
+                                              void* smem_raw) {
+  if constexpr (Mainloop::kSwapped) {
+    weighted_swapped_tile<Elem, Mainloop>(p, tile, smem_raw);
+  } else {
+    weighted_row_tile<Elem, Mainloop>(p, tile, smem_raw);
+  }
+}
+
+// Mainloop: the row tiles'; Narrow: the narrow tiles', or void without them; MinBlocks as for
+// grouped_gemm_gated.
+template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 1>
+__global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
     grouped_gemm_weighted(const __grid_constant__ WeightedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
     __trap();
   } else {
     ptx::enter_dependent_grid();
     extern __shared__ __align__(128) unsigned char smem_raw[];
+    Tile tile;
     if constexpr (!std::is_void_v<Narrow>) {
       static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
-      if (static_cast<int>(blockIdx.x) >= p.tiles.capacity) {
-        weighted_narrow_tile<Elem, Narrow>(p, smem_raw);
+      const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
+      if (index >= 0) {
+        if (find_narrow_tile(p.tiles, index, tile)) weighted_tile<Elem, Narrow>(p, tile, smem_raw);
         return;
       }
     }
-    weighted_row_tile<Elem, Mainloop>(p, smem_raw);
+    if (find_tile<Mainloop::kBM>(p.tiles, static_cast<int>(blockIdx.x), tile)) {
+      weighted_tile<Elem, Mainloop>(p, tile, smem_raw);
+    }
   }
 }
 

@@ -172,6 +172,54 @@ struct SM90_64x32x16_F32<__half> {
 
 #undef FUSEDMOE_WGMMA_M64N32K16
 
+// D[64 x 96] (+)= A[64 x 16] · B[96 x 16]ᵀ: the 96-row swapped tiles' MMA (the weights as A, up to
+// 96 token rows as B). Same operands and fragment layout as above, 12 fragments of 8 columns.
+#define FUSEDMOE_WGMMA_M64N96K16(TYPE)                                                             \
+  asm volatile(                                                                                    \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"                                                 \
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE                                  \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "    \
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, " \
+      "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, "                                   \
+      "%48, %49, p, 1, 1, 0, 0;\n}\n"                                                              \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),  \
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),  \
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),  \
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),  \
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),  \
+        "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),  \
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]),                \
+        "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]),            \
+        "+f"(d[11][2]), "+f"(d[11][3])                                                             \
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
+
+template <class Elem>
+struct SM90_64x96x16_F32;
+template <>
+struct SM90_64x96x16_F32<__nv_bfloat16> {
+  __device__ __forceinline__ static void mma(float (&d)[12][4], std::uint64_t desc_a,
+                                             std::uint64_t desc_b, bool accumulate) {
+#if FUSEDMOE_WGMMA
+    FUSEDMOE_WGMMA_M64N96K16("bf16");
+#else
+    __trap();
+#endif
+  }
+};
+template <>
+struct SM90_64x96x16_F32<__half> {
+  __device__ __forceinline__ static void mma(float (&d)[12][4], std::uint64_t desc_a,
+                                             std::uint64_t desc_b, bool accumulate) {
+#if FUSEDMOE_WGMMA
+    FUSEDMOE_WGMMA_M64N96K16("f16");
+#else
+    __trap();
+#endif
+  }
+};
+
+#undef FUSEDMOE_WGMMA_M64N96K16
+
 // ---- mbarriers and the bulk tensor copy (TMA) -------------------------------------------------
 
 // An mbarrier in shared memory that completes a phase after `count` arrivals (and the bytes

@@ -25,6 +25,7 @@ struct GroupedMainloop {
 #else
   static constexpr bool kCompiled = false;
 #endif
+  static constexpr bool kSwapped = false;  // rows are the MMAs' M (sm90: either form)
   static constexpr int kBM = BM, kBN = BN;
   static constexpr int kThreads = WarpsM * WarpsN * 32;
   using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
@@ -62,6 +63,7 @@ struct GroupedMainloop {
         for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
       }
     }
+    Tiles::zero_absent_a(smem, Stages, kStageElems, a);
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
       Tiles::load_a(sa, a, a_plane_stride, a_cols, kt * kBK, b);

@@ -13,12 +13,14 @@
 // stage starts on a 1024-byte boundary, so the MMAs read the ring directly through descriptors.
 // One warpgroup (4 warps) computes 64 rows x BN; BM / 64 warpgroups per block.
 //
-// Narrow tiles (Narrow = true) hold the rows of an expert that has few: BM = 32 token rows or fewer
-// against BN = 128 weight rows, loaded exactly as above, but with the operands' roles swapped in
-// the MMA: the weights are wgmma's A (two m64 halves) and the tokens its B (n32), so a tile of a
-// few rows costs half of a 64-row tile's tensor work. Each output element still sums the same
-// products in the same order (k16 steps, then planes), so a row's result is the same whichever
-// tile computed it. One warpgroup.
+// Swapped tiles (Swapped = true) load exactly as above, but swap the operands' roles in the MMA:
+// the BN = 128 weight rows are wgmma's A (two m64 halves) and the BM token rows its B (N = BM), so
+// a tile pads an expert's rows to a multiple of 32, not of 64. Each output element still sums the
+// same products in the same order (k16 steps, then planes), so a row's result is the same whichever
+// tile computed it. Two shapes ship: narrow tiles of 32 rows (one warpgroup runs both halves: an
+// expert with few rows costs half of a padded 64-row tile), and 96-row tiles whose two warpgroups
+// take one half each, so that an expert with 65..96 rows streams each weight block once instead of
+// twice (two 64-row tiles).
 #pragma once
 
 #include <cstdint>
@@ -30,21 +32,23 @@
 
 namespace fusedmoe::cuda::sm90 {
 
-template <class Elem, int BM, int BN, int Stages, int APlanes, bool Narrow = false>
+template <class Elem, int BM, int BN, int Stages, int APlanes, bool Swapped = false,
+          int WarpGroups = Swapped ? 1 : BM / 64>
 struct GroupedMainloop {
   static constexpr bool kCompiled = FUSEDMOE_WGMMA;  // this compilation pass has the instructions
+  static constexpr bool kSwapped = Swapped;
   static constexpr int kBM = BM, kBN = BN;
-  static constexpr int kWarpGroups = Narrow ? 1 : BM / 64;
+  static constexpr int kWarpGroups = WarpGroups;
   static constexpr int kThreads = kWarpGroups * 128;
   using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
   using ARows = typename Tiles::ARows;
   static constexpr int kBK = Tiles::kBK;
   static constexpr int kWarpM = 16;  // rows per warp
   static constexpr int kWarpN = BN;  // columns per warp
-  // acc[mi][ni][r]: row tiles one m64 block of rows by BN / 8 fragments of columns; narrow tiles
-  // BN / 64 m64 blocks of weight rows by BM / 8 fragments of token rows
-  static constexpr int kMI = Narrow ? BN / 64 : 1;
-  static constexpr int kNI = Narrow ? BM / 8 : BN / 8;
+  // acc[mi][ni][r]: row tiles one m64 block of rows by BN / 8 fragments of columns; swapped tiles
+  // the warpgroup's m64 blocks of weight rows by BM / 8 fragments of token rows
+  static constexpr int kMI = Swapped ? BN / 64 / WarpGroups : 1;
+  static constexpr int kNI = Swapped ? BM / 8 : BN / 8;
   static constexpr int kAStageElems = APlanes * BM * kBK;
   static constexpr int kStageElems = kAStageElems + BN * kBK;
   static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
@@ -53,9 +57,11 @@ struct GroupedMainloop {
   // the ring, its alignment slack and one 8-byte mbarrier per stage after it
   static constexpr int kSmemBytes = kRingBytes + kAlign + Stages * 8;
 
-  static_assert(Narrow ? BM == 32 : BM % 64 == 0,
-                "whole warpgroups of 64 rows, or n32 narrow tiles");
-  static_assert(BN == 128, "the wgmma wrapper is m64n128k16");
+  static_assert(Swapped ? (BM == 32 || BM == 96) && (BN / 64) % WarpGroups == 0
+                        : BM % 64 == 0 && WarpGroups == BM / 64,
+                "whole warpgroups of 64 rows, or swapped tiles of 32 or 96 rows (m64n32 / m64n96)");
+  static_assert(BN == 128,
+                "row tiles' wgmma wrapper is m64n128k16; swapped tiles have 2 m64 halves");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 
@@ -72,6 +78,7 @@ struct GroupedMainloop {
                                          kAlign * kAlign);
     auto* full = reinterpret_cast<std::uint64_t*>(reinterpret_cast<unsigned char*>(smem) +
                                                   kRingBytes);  // full[s]: B of stage s has landed
+    Tiles::zero_absent_a(smem, Stages, kStageElems, a);         // ordered by the barrier below
     if (threadIdx.x == 0) {
       for (int s = 0; s < Stages; ++s) ptx::mbarrier_init(&full[s], 1);
       ptx::fence_mbarrier_init();
@@ -101,7 +108,10 @@ struct GroupedMainloop {
       ptx::cp_async_commit();
     }
 
-    const Elem* a_base = smem + (static_cast<int>(threadIdx.x) / 128) * 64 * kBK;
+    const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+    // row tiles: this warpgroup's 64 rows of A; swapped tiles: all of A, and its m64 weight halves
+    const Elem* a_base = smem + (Swapped ? 0 : warpgroup * 64 * kBK);
+    const int b_half = Swapped ? warpgroup * kMI : 0;
     for (int kt = 0; kt < k_tiles; ++kt) {
       ptx::cp_async_wait<Stages - 2>();  // A of k-tile kt has landed (this thread's copies)
       ptx::fence_proxy_async_shared();   // ... and is visible to the MMAs
@@ -127,12 +137,16 @@ struct GroupedMainloop {
 #pragma unroll
         for (int p = 0; p < APlanes; ++p) {
           const std::uint64_t desc_a = ptx::smem_desc_sw128(sa + p * BM * kBK + ks * 16);
-          if constexpr (Narrow) {
+          if constexpr (Swapped) {
 #pragma unroll
-            for (int mi = 0; mi < kMI; ++mi) {  // weight rows [64·mi, +64) against the tokens
-              ptx::SM90_64x32x16_F32<Elem>::mma(part[mi],
-                                                ptx::smem_desc_sw128(sb + mi * 64 * kBK + ks * 16),
-                                                desc_a, ks > 0 || p > 0);
+            for (int mi = 0; mi < kMI; ++mi) {  // weight rows [64·half, +64) against the tokens
+              const std::uint64_t desc_w =
+                  ptx::smem_desc_sw128(sb + (b_half + mi) * 64 * kBK + ks * 16);
+              if constexpr (BM == 32) {
+                ptx::SM90_64x32x16_F32<Elem>::mma(part[mi], desc_w, desc_a, ks > 0 || p > 0);
+              } else {
+                ptx::SM90_64x96x16_F32<Elem>::mma(part[mi], desc_w, desc_a, ks > 0 || p > 0);
+              }
             }
           } else {
             ptx::SM90_64x128x16_F32<Elem>::mma(part[0], desc_a, desc_b, ks > 0 || p > 0);
@@ -157,15 +171,17 @@ struct GroupedMainloop {
 
   // Row tiles: acc[0][ni][r] is tile row acc_row(0, r), column acc_col(ni, r).
   __device__ __forceinline__ static int acc_row(int /*mi*/, int r) {
-    static_assert(!Narrow, "narrow tiles: narrow_row / narrow_col");
-    return m64_row(r);  // warpgroup g's warps hold rows 64g..
+    static_assert(!Swapped, "swapped tiles: swapped_row / swapped_col");
+    return static_cast<int>(threadIdx.x) / 128 * 64 + m64_row(r);
   }
   __device__ __forceinline__ static int acc_col(int ni, int r) { return n8_col(ni, r); }
-  // Narrow tiles: acc[mi][ni][r] is token row narrow_row(ni, r) of the tile, weight row (output
-  // column) narrow_col(mi, r) of the block's BN. r = 0, 1 and r = 2, 3 are the same two tokens at
+  // Swapped tiles: acc[mi][ni][r] is token row swapped_row(ni, r) of the tile, weight row (output
+  // column) swapped_col(mi, r) of the block's BN. r = 0, 1 and r = 2, 3 are the same two tokens at
   // columns c and c + 8.
-  __device__ __forceinline__ static int narrow_row(int ni, int r) { return n8_col(ni, r); }
-  __device__ __forceinline__ static int narrow_col(int mi, int r) { return mi * 64 + m64_row(r); }
+  __device__ __forceinline__ static int swapped_row(int ni, int r) { return n8_col(ni, r); }
+  __device__ __forceinline__ static int swapped_col(int mi, int r) {
+    return (static_cast<int>(threadIdx.x) / 128 * kMI + mi) * 64 + m64_row(r);
+  }
 
  private:
   template <int MI, int NI>
@@ -175,7 +191,8 @@ struct GroupedMainloop {
   }
   // Where an m64nN accumulator element sits: row of the 64, column of the N.
   __device__ __forceinline__ static int m64_row(int r) {
-    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    const int warp = static_cast<int>(threadIdx.x) / 32 % 4,
+              lane = static_cast<int>(threadIdx.x) % 32;
     return warp * 16 + (lane >> 2) + (r >= 2 ? 8 : 0);
   }
   __device__ __forceinline__ static int n8_col(int ni, int r) {
