@@ -4,7 +4,7 @@
 // a 1024-byte boundary the layout is also wgmma's 128-byte swizzle mode.
 //
 // A's rows are gathered: the caller gives each loading thread the global address of the rows it
-// loads (nullptr for rows past the expert's token count: they are zeroed once), in plane 0;
+// loads (nullptr for rows past the expert's token count: they load as zeros), in plane 0;
 // further planes sit a_plane_stride elements on. B is one expert's weight block, rows contiguous
 // and zero-padded to whole tiles, so its copies need no predicate.
 #pragma once
@@ -43,38 +43,16 @@ struct SwizzledTiles {
     return row * kBK + ((chunk ^ (row & 7)) * 8);
   }
 
-  // Zeros, in each of `stages` stages (stage_elems apart, A first), the A chunks of this thread's
-  // absent rows. load_a never writes them, so they stay zero for the whole tile: a padding row
-  // costs no copy per k-tile (zero-filling copies are memory requests too, and a tile an expert
-  // fills partly would pay them on every k-tile). Before the ring's first use; the caller's
-  // barrier (and, for the tensor cores' reads, their proxy fence) orders these stores.
-  __device__ __forceinline__ static void zero_absent_a(Elem* ring, int stages, int stage_elems,
-                                                       const ARows& a) {
-    for (int s = 0; s < stages; ++s) {
-#pragma unroll
-      for (int i = 0; i < kAChunksPerThread; ++i) {
-        if (a.row[i] != nullptr) continue;
-#pragma unroll
-        for (int p = 0; p < APlanes; ++p) {
-          *reinterpret_cast<uint4*>(ring + s * stage_elems + p * BM * kBK +
-                                    swizzle(chunk_row(i), chunk_col(i))) = make_uint4(0, 0, 0, 0);
-        }
-      }
-    }
-  }
-
-  // Columns [k0, k0 + 64) of A's present rows, every plane, into sa (plane p at sa + p·BM·64);
-  // absent rows are left as zero_absent_a wrote them. Columns at or past a_cols load as zeros;
-  // `mapped` is any mapped address, read by no copy.
+  // Columns [k0, k0 + 64) of A's rows, every plane, into sa (plane p at sa + p·BM·64). Columns at
+  // or past a_cols load as zeros; `mapped` is any mapped address, read by no copy.
   __device__ __forceinline__ static void load_a(Elem* sa, const ARows& a,
                                                 std::int64_t a_plane_stride, int a_cols, int k0,
                                                 const Elem* mapped) {
 #pragma unroll
     for (int i = 0; i < kAChunksPerThread; ++i) {
-      if (a.row[i] == nullptr) continue;
       const int row = chunk_row(i), chunk = chunk_col(i);
       const int col = k0 + chunk * 8;
-      const bool valid = col < a_cols;
+      const bool valid = a.row[i] != nullptr && col < a_cols;
       const Elem* src = valid ? a.row[i] + col : mapped;
 #pragma unroll
       for (int p = 0; p < APlanes; ++p) {

@@ -63,7 +63,6 @@ struct GroupedMainloop {
         for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
       }
     }
-    Tiles::zero_absent_a(smem, Stages, kStageElems, a);
     const auto load_stage = [&](int stage, int kt) {
       Elem* sa = smem + stage * kStageElems;
       Tiles::load_a(sa, a, a_plane_stride, a_cols, kt * kBK, b);

@@ -78,7 +78,6 @@ struct GroupedMainloop {
                                          kAlign * kAlign);
     auto* full = reinterpret_cast<std::uint64_t*>(reinterpret_cast<unsigned char*>(smem) +
                                                   kRingBytes);  // full[s]: B of stage s has landed
-    Tiles::zero_absent_a(smem, Stages, kStageElems, a);         // ordered by the barrier below
     if (threadIdx.x == 0) {
       for (int s = 0; s < Stages; ++s) ptx::mbarrier_init(&full[s], 1);
       ptx::fence_mbarrier_init();
