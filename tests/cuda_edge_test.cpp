@@ -109,9 +109,11 @@ std::vector<EdgeCase> edge_cases() {
   v.push_back({"NarrowAndRowTiles",
                with_shared(precomputed(test::make_config(256, 136, 8, 2)), 200, false), 80,
                ids(test::Ids::zipf, 1.2)});
-  // 96-row tiles (sm_90a, 49..96 rows per expert on average): every expert of 2 with all 90
-  // tokens in one partial tile, and the shared expert's 90 rows too; then Zipf-skewed over 8
-  // experts at 64 per expert on average, so that some experts take two tiles and some a few rows
+  // Shaped for 96-row tiles (sm_90a, 49..96 rows per expert, which these small layers take when
+  // FUSEDMOE_CUDA_TILE=m96n128 forces them: CTest's cuda_edge_test_cuda_m96): every expert of 2
+  // with all 90 tokens in one partial tile, and the shared expert's 90 rows too; then
+  // Zipf-skewed over 8 experts at 64 per expert on average, so that some experts take two tiles
+  // and some a few rows
   v.push_back({"Tiles96_AllTokens",
                with_shared(precomputed(test::make_config(256, 136, 2, 2)), 200, true), 90,
                ids(test::Ids::zipf, 0.0)});

@@ -14,34 +14,40 @@
 namespace fusedmoe::cuda {
 namespace {
 
+constexpr std::int64_t kLongK = 4096;  // mixtral-8x7b's GEMMs: H 4096, I 14336
+
 TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
   // decode-sized rows per expert take the narrow tile, prefill the widest; never smaller as
   // rows per expert grow, on either mainloop
   for (bool wgmma : {false, true}) {
-    EXPECT_EQ(choose_tile(1, 128, wgmma), GemmTile::m16n64);
-    EXPECT_EQ(choose_tile(2, 8, wgmma), GemmTile::m16n64) << "one row per expert";
-    EXPECT_EQ(choose_tile(256 * 2, 8, wgmma), wgmma ? GemmTile::m96n128 : GemmTile::m64n128);
-    EXPECT_EQ(choose_tile(4096 * 8, 128, wgmma), GemmTile::m128n128);
+    EXPECT_EQ(choose_tile(1, 128, kLongK, wgmma), GemmTile::m16n64);
+    EXPECT_EQ(choose_tile(2, 8, kLongK, wgmma), GemmTile::m16n64) << "one row per expert";
+    EXPECT_EQ(choose_tile(256 * 2, 8, kLongK, wgmma),
+              wgmma ? GemmTile::m96n128 : GemmTile::m64n128);
+    EXPECT_EQ(choose_tile(4096 * 8, 128, kLongK, wgmma), GemmTile::m128n128);
     int last = 0;
     for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
-      const GemmTile tile = choose_tile(rows, 64, wgmma);
+      const GemmTile tile = choose_tile(rows, 64, kLongK, wgmma);
       EXPECT_GE(tile_rows(tile), last) << "rows " << rows << (wgmma ? " (wgmma)" : "");
       EXPECT_TRUE(wgmma || has_sm80_kernel(tile)) << "an sm_90a-only tile on sm_80: " << rows;
       last = tile_rows(tile);
     }
   }
   // the 96-row tile (sm_90a) from kM96MinRows + 1 to 96 rows per expert
-  EXPECT_EQ(choose_tile(kM96MinRows * 8, 8, true), GemmTile::m64n128);
-  EXPECT_EQ(choose_tile((kM96MinRows + 1) * 8, 8, true), GemmTile::m96n128);
-  EXPECT_EQ(choose_tile(96 * 8, 8, true), GemmTile::m96n128);
-  EXPECT_EQ(choose_tile(97 * 8, 8, true), GemmTile::m128n128);
-  EXPECT_EQ(choose_tile(72 * 8, 8, false), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(kM96MinRows * 8, 8, kLongK, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile((kM96MinRows + 1) * 8, 8, kLongK, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(96 * 8, 8, kLongK, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(97 * 8, 8, kLongK, true), GemmTile::m128n128);
+  EXPECT_EQ(choose_tile(72 * 8, 8, kLongK, false), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(64 * 128, 128, 768, true), GemmTile::m64n128) << "short K (qwen3 T = 1024)";
+  EXPECT_EQ(choose_tile(64 * 8, 8, kM96MinK, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(64 * 8, 8, kM96MinK - 1, true), GemmTile::m64n128);
   EXPECT_FALSE(has_sm80_kernel(GemmTile::m96n128));
   // a handful of rows per expert: 16-row tiles on sm_80, 64-row ones from 2 rows on sm_90a
-  EXPECT_EQ(choose_tile(16 * 8, 8, false), GemmTile::m16n64);
-  EXPECT_EQ(choose_tile(16 * 8, 8, true), GemmTile::m64n128);
-  EXPECT_EQ(choose_tile(16 * 8, 64, true), GemmTile::m64n128);
-  EXPECT_EQ(choose_tile(16 * 8, 128, true), GemmTile::m16n64);
+  EXPECT_EQ(choose_tile(16 * 8, 8, kLongK, false), GemmTile::m16n64);
+  EXPECT_EQ(choose_tile(16 * 8, 8, kLongK, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(16 * 8, 64, kLongK, true), GemmTile::m64n128);
+  EXPECT_EQ(choose_tile(16 * 8, 128, kLongK, true), GemmTile::m16n64);
 }
 
 TEST(CudaPlan, TileNamesRoundTrip) {
@@ -91,7 +97,7 @@ TEST(CudaPlan, NarrowTilesTakeExpertsWithFewRows) {
   EXPECT_EQ(make_plan(mixtral, 4096, true).narrow_rows, 0) << "128-row tiles";
   EXPECT_EQ(make_plan(mixtral, 256, true).shared_narrow_rows, 0) << "no shared expert";
   LayerConfig shared = mixtral;
-  shared.shared.intermediate = 1024;
+  shared.shared.intermediate = 4096;
   EXPECT_EQ(make_plan(shared, 40, true).shared_narrow_rows, kNarrowRows);
   EXPECT_EQ(make_plan(shared, 72, true).shared_narrow_rows, 0) << "one 96-row tile";
   EXPECT_EQ(make_plan(shared, 72, true).shared_capacity, 1);

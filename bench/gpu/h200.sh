@@ -73,6 +73,15 @@ for step in "$@"; do
         grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_$name.log" | head -12 |
           tee -a "$OUT/summary.txt"
       done
+      # the 96-row tile forced (the suites' layers are too small to choose it: tests/CMakeLists.txt)
+      for suite in cuda_edge_test e2e_test; do
+        log "GPU tests: $suite with FUSEDMOE_CUDA_TILE=m96n128"
+        FUSEDMOE_CUDA_TILE=m96n128 FUSEDMOE_TEST_BACKEND=cuda timeout "${TEST_TIMEOUT:-300}" \
+          "$BUILD/bin/$suite" --gtest_brief=1 >"$OUT/test_${suite}_m96.log" 2>&1
+        echo "exit $? ($suite, m96n128)" | tee -a "$OUT/summary.txt"
+        grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_${suite}_m96.log" |
+          head -12 | tee -a "$OUT/summary.txt"
+      done
       ;;
     fault)
       # takes all of the GPU's memory for a while: never next to a background soak

@@ -22,17 +22,21 @@ int tile_rows(GemmTile tile) {
 
 int tile_cols(GemmTile tile) { return tile == GemmTile::m16n64 ? 64 : 128; }
 
-GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma) {
+GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma) {
   // Weights dominate until a tile is tens of rows tall: then the narrowest tile that covers an
   // expert's rows streams each weight block about once, with the most blocks in flight. On the
   // sm_90a mainloop a 64-row tile streams its weights by TMA faster than the 16-row sm_80 tile
   // does by cp.async, from 2 rows per expert on (H100, bench/NOTES.md: mixtral T = 16 and 64 -7%,
   // qwen2 -3..-6%); with 1 row per expert it has too few blocks (mixtral T = 1 +33%).
   // Around 64 rows per expert about half of the experts overflow one 64-row tile; on sm_90a a
-  // 96-row tile streams their weights once instead of twice (bench/NOTES.md, mixtral T = 256).
+  // 96-row tile streams their weights once instead of twice (H100, bench/NOTES.md: mixtral T = 256
+  // -10%). Its blocks are twice as wide and two share an SM where three 64-row ones do, which
+  // costs more than it saves where a block's K is short (qwen3-30b-a3b T = 1024, I = 768: +7%).
   const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
   if (per_group <= (wgmma ? 1 : 24)) return GemmTile::m16n64;
-  if (wgmma && per_group > kM96MinRows && per_group <= 96) return GemmTile::m96n128;
+  if (wgmma && per_group > kM96MinRows && per_group <= 96 && short_k >= kM96MinK) {
+    return GemmTile::m96n128;
+  }
   if (per_group <= 96) return GemmTile::m64n128;
   return GemmTile::m128n128;
 }
@@ -109,11 +113,11 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
   p.logits =
       (c.routing.kind == RoutingKind::precomputed ? 0 : c.experts) + (c.shared.gated ? 1 : 0);
   p.router_slices = (c.hidden + kRouterSlice - 1) / kRouterSlice;
-  p.routed_tile = choose_tile(p.slots, c.experts, wgmma);
+  p.routed_tile = choose_tile(p.slots, c.experts, std::min(c.hidden, c.intermediate), wgmma);
+  p.shared_tile = choose_tile(tokens, 1, std::min(c.hidden, c.shared.intermediate), wgmma);
   if (const std::optional<GemmTile> forced = forced_tile()) {
-    p.routed_tile = wgmma || has_sm80_kernel(*forced) ? *forced : GemmTile::m64n128;
+    p.routed_tile = p.shared_tile = wgmma || has_sm80_kernel(*forced) ? *forced : GemmTile::m64n128;
   }
-  p.shared_tile = choose_tile(tokens, 1, wgmma);
   // narrow tiles run beside the sm_90a 64-row tiles only
   const auto narrow = [&](GemmTile tile) {
     return wgmma && tile == GemmTile::m64n128 && narrow_tiles_enabled() ? kNarrowRows : 0;

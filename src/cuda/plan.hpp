@@ -29,8 +29,10 @@ enum class GemmTile : std::uint8_t {
 // last few rows measured slower than padding them (bench/NOTES.md, mixtral T = 256).
 inline constexpr int kNarrowRows = 32;
 
-// On sm_90a, m96n128 is the tile for more than kM96MinRows (and at most 96) rows per expert.
+// On sm_90a, m96n128 is the tile for more than kM96MinRows (and at most 96) rows per expert, in
+// layers whose GEMMs both have K >= kM96MinK (hidden and intermediate size).
 inline constexpr int kM96MinRows = 48;
+inline constexpr std::int64_t kM96MinK = 4096;
 
 int tile_rows(GemmTile tile);
 int tile_cols(GemmTile tile);
@@ -51,12 +53,14 @@ std::string_view to_string(GemmTile tile);
 std::optional<GemmTile> parse_tile(std::string_view name);
 
 // The tile for `rows` rows spread over `groups` experts (the expected rows per expert decides),
-// for the mainloop the device runs: `wgmma` when its 64- and 128-row tiles run the sm_90a one.
-GemmTile choose_tile(std::int64_t rows, std::int64_t groups, bool wgmma);
+// for GEMMs whose shorter K is `short_k` (min of hidden and intermediate size) and the mainloop
+// the device runs: `wgmma` when its 64- and 128-row tiles run the sm_90a one.
+GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma);
 
-// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128 forces the routed experts' tile, for tuning
-// runs (read once per process; workspace sizes follow it). m96n128 becomes m64n128 where the
-// sm_90a mainloop does not run.
+// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128 forces the tile of every expert GEMM, routed
+// and shared, for tuning runs and for tests of a tile the suites' layers would not choose (read
+// once per process; workspace sizes follow it). m96n128 becomes m64n128 where the sm_90a
+// mainloop does not run.
 std::optional<GemmTile> forced_tile();
 
 inline constexpr std::int64_t kKAlign =
