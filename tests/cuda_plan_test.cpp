@@ -24,7 +24,8 @@ TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
     EXPECT_EQ(choose_tile(2, 8, kLongK, wgmma), GemmTile::m16n64) << "one row per expert";
     EXPECT_EQ(choose_tile(256 * 2, 8, kLongK, wgmma),
               wgmma ? GemmTile::m96n128 : GemmTile::m64n128);
-    EXPECT_EQ(choose_tile(4096 * 8, 128, kLongK, wgmma), GemmTile::m128n128);
+    EXPECT_EQ(choose_tile(4096 * 8, 128, kLongK, wgmma),
+              wgmma ? GemmTile::m96n128 : GemmTile::m128n128);
     int last = 0;
     for (std::int64_t rows = 1; rows <= 1 << 16; rows *= 2) {
       const GemmTile tile = choose_tile(rows, 64, kLongK, wgmma);
@@ -37,7 +38,10 @@ TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
   EXPECT_EQ(choose_tile(kM96MinRows * 8, 8, kLongK, true), GemmTile::m64n128);
   EXPECT_EQ(choose_tile((kM96MinRows + 1) * 8, 8, kLongK, true), GemmTile::m96n128);
   EXPECT_EQ(choose_tile(96 * 8, 8, kLongK, true), GemmTile::m96n128);
-  EXPECT_EQ(choose_tile(97 * 8, 8, kLongK, true), GemmTile::m128n128);
+  EXPECT_EQ(choose_tile(97 * 8, 8, kLongK, true), GemmTile::m96n128);
+  EXPECT_EQ(choose_tile(97 * 8, 8, kLongK, false), GemmTile::m128n128);
+  // no 128-row tiles on sm_90a: short K takes 64-row tiles at any number of rows
+  EXPECT_EQ(choose_tile(4096 * 8, 128, 768, true), GemmTile::m64n128);
   EXPECT_EQ(choose_tile(72 * 8, 8, kLongK, false), GemmTile::m64n128);
   EXPECT_EQ(choose_tile(64 * 128, 128, 768, true), GemmTile::m64n128) << "short K (qwen3 T = 1024)";
   EXPECT_EQ(choose_tile(64 * 8, 8, kM96MinK, true), GemmTile::m96n128);
@@ -94,14 +98,15 @@ TEST(CudaPlan, NarrowTilesTakeExpertsWithFewRows) {
   EXPECT_EQ(make_plan(mixtral, 256, true).narrow_rows, 0) << "96-row tiles";
   EXPECT_EQ(make_plan(mixtral, 256, true).narrow_capacity, 0);
   EXPECT_EQ(make_plan(mixtral, 1, true).narrow_rows, 0) << "16-row tiles";
-  EXPECT_EQ(make_plan(mixtral, 4096, true).narrow_rows, 0) << "128-row tiles";
+  EXPECT_EQ(make_plan(mixtral, 4096, true).narrow_rows, 0) << "96-row tiles";
+  EXPECT_EQ(make_plan(mixtral, 4096, false).narrow_rows, 0) << "128-row tiles";
   EXPECT_EQ(make_plan(mixtral, 256, true).shared_narrow_rows, 0) << "no shared expert";
   LayerConfig shared = mixtral;
   shared.shared.intermediate = 4096;
   EXPECT_EQ(make_plan(shared, 40, true).shared_narrow_rows, kNarrowRows);
   EXPECT_EQ(make_plan(shared, 72, true).shared_narrow_rows, 0) << "one 96-row tile";
   EXPECT_EQ(make_plan(shared, 72, true).shared_capacity, 1);
-  EXPECT_EQ(make_plan(shared, 256, true).shared_narrow_rows, 0) << "128-row tiles";
+  EXPECT_EQ(make_plan(shared, 256, true).shared_narrow_rows, 0) << "96-row tiles";
 }
 
 TEST(CudaPlan, EveryRowHasABlock) {

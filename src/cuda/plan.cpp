@@ -28,14 +28,17 @@ GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_
   // sm_90a mainloop a 64-row tile streams its weights by TMA faster than the 16-row sm_80 tile
   // does by cp.async, from 2 rows per expert on (H100, bench/NOTES.md: mixtral T = 16 and 64 -7%,
   // qwen2 -3..-6%); with 1 row per expert it has too few blocks (mixtral T = 1 +33%).
-  // Around 64 rows per expert about half of the experts overflow one 64-row tile; on sm_90a a
-  // 96-row tile streams their weights once instead of twice (H100, bench/NOTES.md: mixtral T = 256
-  // -10%). Its blocks are twice as wide and two share an SM where three 64-row ones do, which
-  // costs more than it saves where a block's K is short (qwen3-30b-a3b T = 1024, I = 768: +7%).
   const std::int64_t per_group = rows / std::max<std::int64_t>(1, std::min(groups, rows));
   if (per_group <= (wgmma ? 1 : 24)) return GemmTile::m16n64;
-  if (wgmma && per_group > kM96MinRows && per_group <= 96 && short_k >= kM96MinK) {
-    return GemmTile::m96n128;
+  if (wgmma) {
+    // From about 64 rows per expert, half of the experts overflow a 64-row tile and stream their
+    // weights twice; a 96-row tile streams them once for up to 96 rows (mixtral T = 256 -10% on
+    // the H100), and three of its blocks per 256 rows beat two 128-row ones (T = 1024 -12%,
+    // T = 4096 -16%). Its blocks are twice as wide and two share an SM where three 64-row ones do,
+    // which costs more than it saves where a block's K is short (qwen3-30b-a3b, I = 768: +7% at
+    // T = 1024; qwen2-57b-a14b, I = 2560: +14%). The 128-row sm_90a tile, one block per SM, lost
+    // to the 64-row one in every cell measured (qwen2 T = 1024 +18%, qwen3 T = 4096 +4%).
+    return per_group > kM96MinRows && short_k >= kM96MinK ? GemmTile::m96n128 : GemmTile::m64n128;
   }
   if (per_group <= 96) return GemmTile::m64n128;
   return GemmTile::m128n128;

@@ -29,8 +29,9 @@ enum class GemmTile : std::uint8_t {
 // last few rows measured slower than padding them (bench/NOTES.md, mixtral T = 256).
 inline constexpr int kNarrowRows = 32;
 
-// On sm_90a, m96n128 is the tile for more than kM96MinRows (and at most 96) rows per expert, in
-// layers whose GEMMs both have K >= kM96MinK (hidden and intermediate size).
+// On sm_90a, m96n128 is the tile for more than kM96MinRows rows per expert in layers whose GEMMs
+// both have K >= kM96MinK (hidden and intermediate size), m64n128 for the others from 2 rows per
+// expert; m128n128 runs on sm_80 only unless forced.
 inline constexpr int kM96MinRows = 48;
 inline constexpr std::int64_t kM96MinK = 4096;
 
@@ -54,7 +55,7 @@ std::optional<GemmTile> parse_tile(std::string_view name);
 
 // The tile for `rows` rows spread over `groups` experts (the expected rows per expert decides),
 // for GEMMs whose shorter K is `short_k` (min of hidden and intermediate size) and the mainloop
-// the device runs: `wgmma` when its 64- and 128-row tiles run the sm_90a one.
+// the device runs: `wgmma` when its 64-row and wider tiles run the sm_90a one.
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma);
 
 // FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128 forces the tile of every expert GEMM, routed
