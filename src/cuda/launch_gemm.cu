@@ -63,14 +63,15 @@ struct Sm80Shape<GemmTile::m128n128, kWeighted> {
 //
 // The m96n128 tile is the swapped form (the weights as wgmma's M, up to 96 token rows as its N)
 // with two warpgroups, one per m64 half of the weight rows: 256 threads whose registers are held
-// to 128 so that two blocks share an SM, with rings of 3 stages (84 KB) and 2 (80 KB).
+// to 128 so that two blocks share an SM (kMinBlocks: __launch_bounds__' minimum, 0 for none),
+// with rings of 3 stages (84 KB) and 2 (80 KB).
 template <GemmTile kTile, bool kWeighted>
 struct Sm90Shape;
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m64n128, kWeighted> {
   static constexpr int kBM = 64, kBN = 128, kStages = kWeighted ? 2 : 3, kWarpGroups = 1;
   static constexpr bool kSwapped = false;
-  static constexpr int kMinBlocks = 1;
+  static constexpr int kMinBlocks = 0;
 };
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m96n128, kWeighted> {
@@ -82,7 +83,7 @@ template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kStages = 4, kWarpGroups = 2;
   static constexpr bool kSwapped = false;
-  static constexpr int kMinBlocks = 1;
+  static constexpr int kMinBlocks = 0;
 };
 
 enum class Path : std::uint8_t { sm80, sm90 };
@@ -125,7 +126,7 @@ struct GemmKernel {
     if constexpr (kPath == Path::sm90) {
       return Sm90Shape<kTile, kWeighted>::kMinBlocks;
     } else {
-      return 1;
+      return 0;
     }
   }();
   static constexpr int kSmem = [] {

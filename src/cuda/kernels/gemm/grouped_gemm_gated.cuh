@@ -168,8 +168,8 @@ __device__ __forceinline__ void gated_tile(const GatedGemmParams<Elem>& p, const
 // Mainloop: the row tiles' (sm80::GroupedMainloop, or sm90::GroupedMainloop with 1 A plane, of
 // either form); Narrow: the narrow tiles' (sm90::GroupedMainloop, swapped), or void without them.
 // Blocks [0, tiles.capacity) of x run row tiles, the rest narrow tiles. MinBlocks: blocks per SM
-// the registers must allow (__launch_bounds__).
-template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 1>
+// the registers must allow (__launch_bounds__; 0 leaves the register budget to the compiler).
+template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 0>
 __global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
     grouped_gemm_gated(const __grid_constant__ GatedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {

@@ -142,7 +142,7 @@ __device__ __forceinline__ void weighted_tile(const WeightedGemmParams<Elem>& p,
 
 // Mainloop: the row tiles'; Narrow: the narrow tiles', or void without them; MinBlocks as for
 // grouped_gemm_gated.
-template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 1>
+template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 0>
 __global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
     grouped_gemm_weighted(const __grid_constant__ WeightedGemmParams<Elem> p) {
   if constexpr (!Mainloop::kCompiled) {
