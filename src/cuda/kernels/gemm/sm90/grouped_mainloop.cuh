@@ -189,7 +189,7 @@ struct GroupedMainloop {
     for (int mi = 0; mi < MI; ++mi) ptx::fence_registers(part[mi]);
   }
   // The thread's warpgroup: a constant 0 in one-warpgroup blocks, so that the addresses and
-  // descriptors built from it fold (measured: the narrow tiles ran ~2% slower with it computed).
+  // descriptors built from it fold (the narrow k-loop is 14 SASS instructions shorter).
   __device__ __forceinline__ static int this_warpgroup() {
     return kWarpGroups == 1 ? 0 : static_cast<int>(threadIdx.x) / 128;
   }
