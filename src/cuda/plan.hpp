@@ -15,11 +15,12 @@ namespace fusedmoe::cuda {
 // The expert-GEMM tile shapes that ship: rows x columns per block.
 enum class GemmTile : std::uint8_t {
   m16n64,    // decode: a handful of rows per expert; many narrow blocks stream the weights
-  m64n128,   // tens of rows per expert
-  m128n128,  // prefill: hundreds of rows per expert
+  m64n128,   // tens of rows per expert (on sm_90a: any number, unless m96n128)
+  m128n128,  // prefill on sm_80: hundreds of rows per expert (on sm_90a only when forced)
   // sm_90a only: up to 96 rows as the N of a swapped wgmma (the weights are its M), two
   // warpgroups of 64 weight rows each. An expert with 65..96 rows, which would take two 64-row
-  // tiles, streams each block of its weights once.
+  // tiles, streams each block of its weights once; the tile for long-K layers from 49 rows per
+  // expert.
   m96n128,
 };
 
