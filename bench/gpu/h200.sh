@@ -46,6 +46,18 @@ presets_filter() {
   for p in "${names[@]}"; do f="$f${f:+:}*.$1/$p"; done
   echo "$f"
 }
+# One GPU test suite: $1 names its log ($OUT/test_$1.log) and its lines in the summary; the rest
+# is `env`'s: variables, then the test binary and its arguments.
+gpu_suite() {
+  local name=$1
+  shift
+  log "GPU tests: $name"
+  timeout "${TEST_TIMEOUT:-300}" env FUSEDMOE_TEST_BACKEND=cuda "$@" --gtest_brief=1 \
+    >"$OUT/test_$name.log" 2>&1
+  echo "exit $? ($name)" | tee -a "$OUT/summary.txt"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_$name.log" | head -12 |
+    tee -a "$OUT/summary.txt"
+}
 log() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" | tee -a "$OUT/summary.txt"; }
 
 if [ ! -x "$BUILD/bin/fusedmoe" ]; then
@@ -63,24 +75,13 @@ for step in "$@"; do
   case "$step" in
     test)
       # the binaries directly (a carried build's CTest files hold this machine's paths)
-      for suite in cuda_edge_test cuda_graph_test "errors_test --gtest_filter=CudaErrors.*" \
-                   e2e_test determinism_test nan_test; do
-        name=${suite%% *}
-        log "GPU tests: $suite"
-        FUSEDMOE_TEST_BACKEND=cuda timeout "${TEST_TIMEOUT:-300}" "$BUILD"/bin/$suite --gtest_brief=1 \
-          >"$OUT/test_$name.log" 2>&1
-        echo "exit $? ($name)" | tee -a "$OUT/summary.txt"
-        grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_$name.log" | head -12 |
-          tee -a "$OUT/summary.txt"
+      for suite in cuda_edge_test cuda_graph_test e2e_test determinism_test nan_test; do
+        gpu_suite $suite "$BUILD/bin/$suite"
       done
+      gpu_suite errors_test "$BUILD/bin/errors_test" --gtest_filter='CudaErrors.*'
       # the 96-row tile forced (the suites' layers are too small to choose it: tests/CMakeLists.txt)
       for suite in cuda_edge_test e2e_test; do
-        log "GPU tests: $suite with FUSEDMOE_CUDA_TILE=m96n128"
-        FUSEDMOE_CUDA_TILE=m96n128 FUSEDMOE_TEST_BACKEND=cuda timeout "${TEST_TIMEOUT:-300}" \
-          "$BUILD/bin/$suite" --gtest_brief=1 >"$OUT/test_${suite}_m96.log" 2>&1
-        echo "exit $? ($suite, m96n128)" | tee -a "$OUT/summary.txt"
-        grep -E "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED  \]" "$OUT/test_${suite}_m96.log" |
-          head -12 | tee -a "$OUT/summary.txt"
+        gpu_suite ${suite}_m96 FUSEDMOE_CUDA_TILE=m96n128 "$BUILD/bin/$suite"
       done
       ;;
     fault)

@@ -14,7 +14,6 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "cuda/kernels/epilogue/gated_activation.cuh"
 #include "cuda/kernels/gemm/map_rows.cuh"
@@ -154,17 +153,6 @@ __device__ __forceinline__ void gated_swapped_tile(const GatedGemmParams<Elem>& 
   }
 }
 
-// One tile of either form.
-template <class Elem, class Mainloop>
-__device__ __forceinline__ void gated_tile(const GatedGemmParams<Elem>& p, const Tile& tile,
-                                           void* smem_raw) {
-  if constexpr (Mainloop::kSwapped) {
-    gated_swapped_tile<Elem, Mainloop>(p, tile, smem_raw);
-  } else {
-    gated_row_tile<Elem, Mainloop>(p, tile, smem_raw);
-  }
-}
-
 // Mainloop: the row tiles' (sm80::GroupedMainloop, or sm90::GroupedMainloop with 1 A plane, of
 // either form); Narrow: the narrow tiles' (sm90::GroupedMainloop, swapped), or void without them.
 // Blocks [0, tiles.capacity) of x run row tiles, the rest narrow tiles. MinBlocks: blocks per SM
@@ -177,18 +165,13 @@ __global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
   } else {
     ptx::enter_dependent_grid();
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    Tile tile;
-    if constexpr (!std::is_void_v<Narrow>) {
-      static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
-      const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-      if (index >= 0) {
-        if (find_narrow_tile(p.tiles, index, tile)) gated_tile<Elem, Narrow>(p, tile, smem_raw);
-        return;
+    run_block_tile<Mainloop, Narrow>(p.tiles, [&]<class M>(const Tile& tile) {
+      if constexpr (M::kSwapped) {
+        gated_swapped_tile<Elem, M>(p, tile, smem_raw);
+      } else {
+        gated_row_tile<Elem, M>(p, tile, smem_raw);
       }
-    }
-    if (find_tile<Mainloop::kBM>(p.tiles, static_cast<int>(blockIdx.x), tile)) {
-      gated_tile<Elem, Mainloop>(p, tile, smem_raw);
-    }
+    });
   }
 }
 

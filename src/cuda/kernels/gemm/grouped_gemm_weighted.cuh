@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "cuda/kernels/gemm/map_rows.cuh"
 #include "cuda/kernels/ptx/grid_dependency.cuh"
@@ -129,17 +128,6 @@ __device__ __forceinline__ void weighted_swapped_tile(const WeightedGemmParams<E
   }
 }
 
-// One tile of either form.
-template <class Elem, class Mainloop>
-__device__ __forceinline__ void weighted_tile(const WeightedGemmParams<Elem>& p, const Tile& tile,
-                                              void* smem_raw) {
-  if constexpr (Mainloop::kSwapped) {
-    weighted_swapped_tile<Elem, Mainloop>(p, tile, smem_raw);
-  } else {
-    weighted_row_tile<Elem, Mainloop>(p, tile, smem_raw);
-  }
-}
-
 // Mainloop: the row tiles'; Narrow: the narrow tiles', or void without them; MinBlocks as for
 // grouped_gemm_gated.
 template <class Elem, class Mainloop, class Narrow = void, int MinBlocks = 0>
@@ -150,18 +138,13 @@ __global__ void __launch_bounds__(Mainloop::kThreads, MinBlocks)
   } else {
     ptx::enter_dependent_grid();
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    Tile tile;
-    if constexpr (!std::is_void_v<Narrow>) {
-      static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
-      const int index = static_cast<int>(blockIdx.x) - p.tiles.capacity;
-      if (index >= 0) {
-        if (find_narrow_tile(p.tiles, index, tile)) weighted_tile<Elem, Narrow>(p, tile, smem_raw);
-        return;
+    run_block_tile<Mainloop, Narrow>(p.tiles, [&]<class M>(const Tile& tile) {
+      if constexpr (M::kSwapped) {
+        weighted_swapped_tile<Elem, M>(p, tile, smem_raw);
+      } else {
+        weighted_row_tile<Elem, M>(p, tile, smem_raw);
       }
-    }
-    if (find_tile<Mainloop::kBM>(p.tiles, static_cast<int>(blockIdx.x), tile)) {
-      weighted_tile<Elem, Mainloop>(p, tile, smem_raw);
-    }
+    });
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/kernels/ptx/sm80.cuh"
 
@@ -105,24 +106,16 @@ __device__ __forceinline__ std::uint64_t smem_desc_sw128(const void* tile) {
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
 
 template <class Elem>
-struct SM90_64x128x16_F32;
-template <>
-struct SM90_64x128x16_F32<__nv_bfloat16> {
+struct SM90_64x128x16_F32 {
+  static_assert(std::is_same_v<Elem, __nv_bfloat16> || std::is_same_v<Elem, __half>);
   __device__ __forceinline__ static void mma(float (&d)[16][4], std::uint64_t desc_a,
                                              std::uint64_t desc_b, bool accumulate) {
 #if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N128K16("bf16");
-#else
-    __trap();
-#endif
-  }
-};
-template <>
-struct SM90_64x128x16_F32<__half> {
-  __device__ __forceinline__ static void mma(float (&d)[16][4], std::uint64_t desc_a,
-                                             std::uint64_t desc_b, bool accumulate) {
-#if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N128K16("f16");
+    if constexpr (std::is_same_v<Elem, __half>) {
+      FUSEDMOE_WGMMA_M64N128K16("f16");
+    } else {
+      FUSEDMOE_WGMMA_M64N128K16("bf16");
+    }
 #else
     __trap();
 #endif
@@ -146,24 +139,16 @@ struct SM90_64x128x16_F32<__half> {
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
 
 template <class Elem>
-struct SM90_64x32x16_F32;
-template <>
-struct SM90_64x32x16_F32<__nv_bfloat16> {
+struct SM90_64x32x16_F32 {
+  static_assert(std::is_same_v<Elem, __nv_bfloat16> || std::is_same_v<Elem, __half>);
   __device__ __forceinline__ static void mma(float (&d)[4][4], std::uint64_t desc_a,
                                              std::uint64_t desc_b, bool accumulate) {
 #if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N32K16("bf16");
-#else
-    __trap();
-#endif
-  }
-};
-template <>
-struct SM90_64x32x16_F32<__half> {
-  __device__ __forceinline__ static void mma(float (&d)[4][4], std::uint64_t desc_a,
-                                             std::uint64_t desc_b, bool accumulate) {
-#if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N32K16("f16");
+    if constexpr (std::is_same_v<Elem, __half>) {
+      FUSEDMOE_WGMMA_M64N32K16("f16");
+    } else {
+      FUSEDMOE_WGMMA_M64N32K16("bf16");
+    }
 #else
     __trap();
 #endif
@@ -194,24 +179,16 @@ struct SM90_64x32x16_F32<__half> {
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
 
 template <class Elem>
-struct SM90_64x96x16_F32;
-template <>
-struct SM90_64x96x16_F32<__nv_bfloat16> {
+struct SM90_64x96x16_F32 {
+  static_assert(std::is_same_v<Elem, __nv_bfloat16> || std::is_same_v<Elem, __half>);
   __device__ __forceinline__ static void mma(float (&d)[12][4], std::uint64_t desc_a,
                                              std::uint64_t desc_b, bool accumulate) {
 #if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N96K16("bf16");
-#else
-    __trap();
-#endif
-  }
-};
-template <>
-struct SM90_64x96x16_F32<__half> {
-  __device__ __forceinline__ static void mma(float (&d)[12][4], std::uint64_t desc_a,
-                                             std::uint64_t desc_b, bool accumulate) {
-#if FUSEDMOE_WGMMA
-    FUSEDMOE_WGMMA_M64N96K16("f16");
+    if constexpr (std::is_same_v<Elem, __half>) {
+      FUSEDMOE_WGMMA_M64N96K16("f16");
+    } else {
+      FUSEDMOE_WGMMA_M64N96K16("bf16");
+    }
 #else
     __trap();
 #endif

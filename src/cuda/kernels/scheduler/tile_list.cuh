@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fusedmoe::cuda {
 
@@ -59,6 +60,25 @@ __device__ __forceinline__ bool find_narrow_tile(const TileList& list, int index
   if (index >= *list.narrow_count) return false;
   tile = listed_tile(list, list.narrow[index]);
   return true;
+}
+
+// Runs this block's tile, if it has one: blocks [0, tiles.capacity) of x take a row tile of
+// Mainloop::kBM rows, the rest a narrow tile (Narrow; void: no narrow tiles). `run` is called as
+// run.template operator()<M>(tile), M the mainloop of the tile found.
+template <class Mainloop, class Narrow, class Run>
+__device__ __forceinline__ void run_block_tile(const TileList& tiles, Run&& run) {
+  Tile tile;
+  if constexpr (!std::is_void_v<Narrow>) {
+    static_assert(Narrow::kThreads == Mainloop::kThreads, "one block size for both tiles");
+    const int index = static_cast<int>(blockIdx.x) - tiles.capacity;
+    if (index >= 0) {
+      if (find_narrow_tile(tiles, index, tile)) run.template operator()<Narrow>(tile);
+      return;
+    }
+  }
+  if (find_tile<Mainloop::kBM>(tiles, static_cast<int>(blockIdx.x), tile)) {
+    run.template operator()<Mainloop>(tile);
+  }
 }
 
 }  // namespace fusedmoe::cuda
