@@ -3,7 +3,8 @@
 #   bench/gpu/h200.sh test        GPU test suites (ctest -L cuda)
 #   bench/gpu/h200.sh sanitize    compute-sanitizer memcheck, racecheck, synccheck on the edge set
 #   bench/gpu/h200.sh fault       a real device out-of-memory during packing (cuda_fault_test)
-#   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid
+#   bench/gpu/h200.sh grid        fusedmoe bench --backend cuda over PERF.md's grid (its four
+#                                 presets, routed experts only, all six T; GRID_ARGS replaces that)
 #   bench/gpu/h200.sh peers       bench/peers/peers.py over the same grid
 #   bench/gpu/h200.sh presets     every preset at its real size against the reference (T = 1, 64)
 #   bench/gpu/h200.sh presets512  the same at T = 512
@@ -112,8 +113,9 @@ for step in "$@"; do
       ;;
     grid)
       log "bench grid"
-      # GRID_ARGS e.g. "--preset qwen3-30b-a3b --tokens 16,64,256"
-      timeout "${GRID_TIMEOUT:-400}" "$BUILD/bin/fusedmoe" bench --backend cuda ${GRID_ARGS:-} \
+      # GRID_ARGS e.g. "--preset qwen3-30b-a3b --tokens 16,64,256"; by default PERF.md's grid
+      timeout "${GRID_TIMEOUT:-400}" "$BUILD/bin/fusedmoe" bench --backend cuda \
+        ${GRID_ARGS:---preset qwen3-30b-a3b,mixtral-8x7b,qwen2-57b-a14b,deepseek-v3 --no-shared-expert} \
         --json "$OUT/fusedmoe-cuda.jsonl" 2>"$OUT/grid.err" | tee "$OUT/grid.txt"
       tail -3 "$OUT/grid.err"
       ;;
