@@ -55,14 +55,35 @@ TEST(CudaPlan, TileGrowsWithRowsPerExpert) {
 }
 
 TEST(CudaPlan, TileNamesRoundTrip) {
-  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
+  for (GemmTile t : kGemmTiles) {
     const std::optional<GemmTile> back = parse_tile(to_string(t));
     ASSERT_TRUE(back.has_value()) << to_string(t);
     EXPECT_EQ(*back, t);
+    if (t == GemmTile::m96n256) continue;  // only where the packed sizes fit it (below)
     EXPECT_EQ(kKAlign % tile_cols(t), 0) << "packed H rows must be whole GEMM2 tiles";
     EXPECT_EQ((2 * kIAlign) % tile_cols(t), 0) << "packed gate/up rows must be whole GEMM1 tiles";
   }
   EXPECT_FALSE(parse_tile("m32n32").has_value());
+}
+
+TEST(CudaPlan, ForcedTileFitsTheLayer) {
+  for (GemmTile t : kGemmTiles) {
+    const GemmTile on_sm90 = fit_forced_tile(t, true, 4096, 14336);
+    EXPECT_EQ(on_sm90, t) << to_string(t) << ": mixtral-8x7b's packed sizes fit every tile";
+    const GemmTile on_sm80 = fit_forced_tile(t, false, 4096, 14336);
+    EXPECT_TRUE(has_sm80_kernel(on_sm80)) << to_string(t);
+    EXPECT_EQ(on_sm80, has_sm80_kernel(t) ? t : GemmTile::m64n128) << to_string(t);
+  }
+  EXPECT_FALSE(has_sm80_kernel(GemmTile::m96n256));
+  EXPECT_EQ(tile_rows(GemmTile::m96n256), 96);
+  EXPECT_EQ(tile_cols(GemmTile::m96n256), 256);
+  // 256 weight rows a block: GEMM2's packed H (gpt-oss: 2880 -> 2944) and GEMM1's 2 · inter_pad
+  // (inter_pad 64 · odd) must be whole blocks, else the 96-row tile of 128
+  EXPECT_EQ(fit_forced_tile(GemmTile::m96n256, true, 2944, 2880), GemmTile::m96n128);
+  EXPECT_EQ(fit_forced_tile(GemmTile::m96n256, true, 4096, 1472), GemmTile::m96n128);
+  EXPECT_EQ(fit_forced_tile(GemmTile::m96n256, true, 2048, 768), GemmTile::m96n256);
+  EXPECT_EQ(fit_forced_tile(GemmTile::m96n256, true, 4096, 0), GemmTile::m96n256)
+      << "no shared expert: its GEMMs do not run";
 }
 
 // Row tiles and narrow tiles the align stage writes for a given spread of slots over experts.

@@ -83,6 +83,7 @@ for step in "$@"; do
       # the 96-row tile forced (the suites' layers are too small to choose it: tests/CMakeLists.txt)
       for suite in cuda_edge_test e2e_test; do
         gpu_suite ${suite}_m96 FUSEDMOE_CUDA_TILE=m96n128 "$BUILD/bin/$suite"
+        gpu_suite ${suite}_m96n256 FUSEDMOE_CUDA_TILE=m96n256 "$BUILD/bin/$suite"
       done
       ;;
     fault)

@@ -82,7 +82,7 @@ bool launches_overlap();
 // call must pass them as tensor maps (boxes of kWeightMapBoxCols x kWeightMapBoxRows).
 bool gemm_maps_weights();
 inline constexpr int kWeightMapBoxCols = 64;   // the mainloops' BK
-inline constexpr int kWeightMapBoxRows = 128;  // the sm_90a tiles' BN
+inline constexpr int kWeightMapBoxRows = 128;  // the sm_90a tiles' BN (m96n256: two boxes)
 
 Status launch_router_logits(DType dtype, const void* x, std::int64_t x_ld, const float* router,
                             int tokens, int logits, int hidden, int slices, float* partial,

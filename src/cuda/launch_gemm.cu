@@ -79,6 +79,15 @@ struct Sm90Shape<GemmTile::m96n128, kWeighted> {
   static constexpr bool kSwapped = true;
   static constexpr int kMinBlocks = 2;
 };
+// The m96n256 tile (experimental, forced only): the same 96 token rows against 256 weight rows,
+// four warpgroups of 64 weight rows each; 512 threads held to 128 registers, one block per SM, with
+// rings of 4 stages (176 KB) and 3 (168 KB), about the bytes in flight of two m96n128 blocks.
+template <bool kWeighted>
+struct Sm90Shape<GemmTile::m96n256, kWeighted> {
+  static constexpr int kBM = 96, kBN = 256, kStages = kWeighted ? 3 : 4, kWarpGroups = 4;
+  static constexpr bool kSwapped = true;
+  static constexpr int kMinBlocks = 1;
+};
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m128n128, kWeighted> {
   static constexpr int kBM = 128, kBN = 128, kStages = 4, kWarpGroups = 2;
@@ -110,8 +119,8 @@ struct GemmKernel {
       using S = Sm90Shape<kTile, kWeighted>;
       using M = sm90::GroupedMainloop<Elem, S::kBM, S::kBN, S::kStages, kPlanes, S::kSwapped,
                                       S::kWarpGroups>;
-      static_assert(M::kBN == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
-                    "the weight maps' box is one k-tile of B");
+      static_assert(M::kBBoxRows == kWeightMapBoxRows && M::kBK == kWeightMapBoxCols,
+                    "the weight maps' box is one k-tile of 128 rows of B");
       return M{};
     } else {
       using S = Sm80Shape<kTile, kWeighted>;
@@ -258,6 +267,8 @@ Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
         return by_path.template operator()<Elem, GemmTile::m96n128>();
       case GemmTile::m128n128:
         return by_path.template operator()<Elem, GemmTile::m128n128>();
+      case GemmTile::m96n256:
+        return by_path.template operator()<Elem, GemmTile::m96n256>();
     }
     return {StatusCode::invalid_argument, "unknown GEMM tile"};
   };
@@ -324,8 +335,7 @@ Status prepare_kernels() {
   FUSEDMOE_RETURN_IF_ERROR(choose_path(device, chosen));
   for (Path path : {Path::sm80, chosen}) {
     for (DType dtype : {DType::bf16, DType::f16}) {
-      for (GemmTile tile :
-           {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
+      for (GemmTile tile : kGemmTiles) {
         if (path == Path::sm80 && !has_sm80_kernel(tile)) continue;
         const auto prepare = [&]<class K>() { return K::prepare(); };
         FUSEDMOE_RETURN_IF_ERROR(dispatch<false>(dtype, tile, path, prepare));

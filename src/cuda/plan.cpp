@@ -13,6 +13,7 @@ int tile_rows(GemmTile tile) {
     case GemmTile::m64n128:
       return 64;
     case GemmTile::m96n128:
+    case GemmTile::m96n256:
       return 96;
     case GemmTile::m128n128:
       return 128;
@@ -20,7 +21,16 @@ int tile_rows(GemmTile tile) {
   return 16;
 }
 
-int tile_cols(GemmTile tile) { return tile == GemmTile::m16n64 ? 64 : 128; }
+int tile_cols(GemmTile tile) {
+  switch (tile) {
+    case GemmTile::m16n64:
+      return 64;
+    case GemmTile::m96n256:
+      return 256;
+    default:
+      return 128;
+  }
+}
 
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma) {
   // Weights dominate until a tile is tens of rows tall: then the narrowest tile that covers an
@@ -63,7 +73,7 @@ bool narrow_tiles_enabled() {
 }
 
 std::optional<GemmTile> parse_tile(std::string_view name) {
-  for (GemmTile t : {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m96n128, GemmTile::m128n128}) {
+  for (GemmTile t : kGemmTiles) {
     if (name == to_string(t)) return t;
   }
   return std::nullopt;
@@ -79,8 +89,19 @@ std::string_view to_string(GemmTile tile) {
       return "m96n128";
     case GemmTile::m128n128:
       return "m128n128";
+    case GemmTile::m96n256:
+      return "m96n256";
   }
   return "unknown";
+}
+
+GemmTile fit_forced_tile(GemmTile forced, bool wgmma, std::int64_t hidden_pad,
+                         std::int64_t inter_pad) {
+  if (!wgmma && !has_sm80_kernel(forced)) return GemmTile::m64n128;
+  // GEMM1's packed rows (2 · inter_pad) and GEMM2's (hidden_pad) in whole blocks of its width
+  const std::int64_t bn = tile_cols(forced);
+  if (2 * inter_pad % bn != 0 || hidden_pad % bn != 0) return GemmTile::m96n128;
+  return forced;
 }
 
 std::optional<GemmTile> forced_tile() {
@@ -119,7 +140,8 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
   p.routed_tile = choose_tile(p.slots, c.experts, std::min(c.hidden, c.intermediate), wgmma);
   p.shared_tile = choose_tile(tokens, 1, std::min(c.hidden, c.shared.intermediate), wgmma);
   if (const std::optional<GemmTile> forced = forced_tile()) {
-    p.routed_tile = p.shared_tile = wgmma || has_sm80_kernel(*forced) ? *forced : GemmTile::m64n128;
+    p.routed_tile = fit_forced_tile(*forced, wgmma, p.hidden_pad, p.inter_pad);
+    p.shared_tile = fit_forced_tile(*forced, wgmma, p.hidden_pad, p.shared_pad);
   }
   // narrow tiles run beside the sm_90a 64-row tiles only
   const auto narrow = [&](GemmTile tile) {

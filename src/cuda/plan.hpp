@@ -22,7 +22,16 @@ enum class GemmTile : std::uint8_t {
   // tiles, streams each block of its weights once; the tile for long-K layers from 49 rows per
   // expert.
   m96n128,
+  // sm_90a only, experimental: the same 96 token rows against 256 weight rows, four warpgroups
+  // (512 threads, one block per SM). A block reads its token rows once per 256 weight rows instead
+  // of once per 128, halving the gathered rows' share of the L2-to-SM bytes. Only when forced
+  // (FUSEDMOE_CUDA_TILE), and where both GEMMs' packed rows are whole multiples of 256.
+  m96n256,
 };
+
+// Every tile, in the order of the enum.
+inline constexpr GemmTile kGemmTiles[] = {GemmTile::m16n64, GemmTile::m64n128, GemmTile::m128n128,
+                                          GemmTile::m96n128, GemmTile::m96n256};
 
 // Narrow tiles (sm_90a, beside m64n128): an expert with 1..kNarrowRows rows runs them as the
 // tokens of an n32 MMA against 128 weight rows, instead of padding a 64-row tile (half the MMAs and
@@ -48,8 +57,10 @@ std::int64_t row_tiles(std::int64_t rows, std::int64_t bm, int narrow_rows);
 // tuning runs (read once per process).
 bool narrow_tiles_enabled();
 
-// Whether `tile` has an sm_80 (mma.sync) kernel: every tile but m96n128.
-constexpr bool has_sm80_kernel(GemmTile tile) { return tile != GemmTile::m96n128; }
+// Whether `tile` has an sm_80 (mma.sync) kernel: every tile but the swapped 96-row ones.
+constexpr bool has_sm80_kernel(GemmTile tile) {
+  return tile != GemmTile::m96n128 && tile != GemmTile::m96n256;
+}
 
 std::string_view to_string(GemmTile tile);
 std::optional<GemmTile> parse_tile(std::string_view name);
@@ -59,11 +70,16 @@ std::optional<GemmTile> parse_tile(std::string_view name);
 // the device runs: `wgmma` when its 64-row and wider tiles run the sm_90a one.
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma);
 
-// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128 forces the tile of every expert GEMM, routed
-// and shared, for tuning runs and for tests of a tile the suites' layers would not choose (read
-// once per process; workspace sizes follow it). m96n128 becomes m64n128 where the sm_90a
-// mainloop does not run.
+// FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128|m96n256 forces the tile of every expert GEMM,
+// routed and shared, for tuning runs and for tests of a tile the suites' layers would not choose
+// (read once per process; workspace sizes follow it). The swapped tiles become m64n128 where the
+// sm_90a mainloop does not run, and m96n256 becomes m96n128 where a GEMM's packed rows are not a
+// multiple of 256.
 std::optional<GemmTile> forced_tile();
+// The tile a forced one becomes for a layer of packed sizes hidden_pad and inter_pad (the rules
+// above): every tile but m96n256 fits every packed size.
+GemmTile fit_forced_tile(GemmTile forced, bool wgmma, std::int64_t hidden_pad,
+                         std::int64_t inter_pad);
 
 inline constexpr std::int64_t kKAlign =
     128;  // packed hidden size: a multiple of every tile's BN and BK

@@ -50,9 +50,9 @@ __device__ __forceinline__ void gated_mainloop(const GatedGemmParams<Elem>& p, c
   typename Mainloop::ARows a;
 #pragma unroll
   for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
-    const int r = tile.first + Mainloop::Tiles::chunk_row(i);
+    const int r = tile.first + Mainloop::Tiles::a_chunk_row(i);
     a.row[i] = nullptr;
-    if (r < tile.rows) {
+    if (Mainloop::Tiles::loads_a() && r < tile.rows) {
       const int sorted = tile.segment_start + r;
       const int token = p.perm != nullptr ? p.perm[sorted] / p.top_k : sorted;
       a.row[i] = p.x + token * p.x_ld;

@@ -41,8 +41,8 @@ __device__ __forceinline__ void weighted_mainloop(const WeightedGemmParams<Elem>
   typename Mainloop::ARows a;
 #pragma unroll
   for (int i = 0; i < Mainloop::Tiles::kAChunksPerThread; ++i) {
-    const int r = tile.first + Mainloop::Tiles::chunk_row(i);
-    a.row[i] = r < tile.rows
+    const int r = tile.first + Mainloop::Tiles::a_chunk_row(i);
+    a.row[i] = Mainloop::Tiles::loads_a() && r < tile.rows
                    ? p.act_hi + static_cast<std::int64_t>(tile.segment_start + r) * p.act_ld
                    : nullptr;
   }

@@ -15,15 +15,18 @@
 
 namespace fusedmoe::cuda {
 
-template <class Elem, int BM, int BN, int Threads, int APlanes>
+// ALoaders: the threads [0, ALoaders) that load A (all of them unless A's chunks do not split
+// evenly over the block: 96 rows over 512 threads load by 384).
+template <class Elem, int BM, int BN, int Threads, int APlanes, int ALoaders = Threads>
 struct SwizzledTiles {
   static constexpr int kBK = 64;
   static constexpr int kChunksPerRow = kBK * 2 / 16;  // 16-byte chunks per 128-byte row
-  static constexpr int kAChunksPerThread = BM * kChunksPerRow / Threads;
+  static constexpr int kAChunksPerThread = BM * kChunksPerRow / ALoaders;
   static constexpr int kBChunksPerThread = BN * kChunksPerRow / Threads;
 
   static_assert(sizeof(Elem) == 2, "16-bit elements only");
-  static_assert(BM * kChunksPerRow % Threads == 0, "A tile chunks split evenly over threads");
+  static_assert(ALoaders <= Threads && BM * kChunksPerRow % ALoaders == 0,
+                "A tile chunks split evenly over the loading threads");
   static_assert(BN * kChunksPerRow % Threads == 0, "B tile chunks split evenly over threads");
 
   // Rows this thread loads for A (the same rows in every plane and every stage).
@@ -31,7 +34,18 @@ struct SwizzledTiles {
     const Elem* row[kAChunksPerThread];  // row start in plane 0, nullptr: absent row
   };
 
-  // Row (in the tile) and chunk of the i-th A or B chunk this thread loads.
+  // Whether this thread loads A.
+  __device__ __forceinline__ static bool loads_a() {
+    return ALoaders == Threads || static_cast<int>(threadIdx.x) < ALoaders;
+  }
+  // Row (in the tile) and chunk of the i-th A chunk this thread loads (if loads_a()), and of the
+  // i-th B chunk.
+  __device__ __forceinline__ static int a_chunk_row(int i) {
+    return (static_cast<int>(threadIdx.x) + i * ALoaders) / kChunksPerRow;
+  }
+  __device__ __forceinline__ static int a_chunk_col(int i) {
+    return (static_cast<int>(threadIdx.x) + i * ALoaders) % kChunksPerRow;
+  }
   __device__ __forceinline__ static int chunk_row(int i) {
     return (static_cast<int>(threadIdx.x) + i * Threads) / kChunksPerRow;
   }
@@ -48,9 +62,10 @@ struct SwizzledTiles {
   __device__ __forceinline__ static void load_a(Elem* sa, const ARows& a,
                                                 std::int64_t a_plane_stride, int a_cols, int k0,
                                                 const Elem* mapped) {
+    if (!loads_a()) return;
 #pragma unroll
     for (int i = 0; i < kAChunksPerThread; ++i) {
-      const int row = chunk_row(i), chunk = chunk_col(i);
+      const int row = a_chunk_row(i), chunk = a_chunk_col(i);
       const int col = k0 + chunk * 8;
       const bool valid = a.row[i] != nullptr && col < a_cols;
       const Elem* src = valid ? a.row[i] + col : mapped;

@@ -20,7 +20,8 @@
 // tile computed it. Two shapes ship: narrow tiles of 32 rows (one warpgroup runs both halves: an
 // expert with few rows costs half of a padded 64-row tile), and 96-row tiles whose two warpgroups
 // take one half each, so that an expert with 65..96 rows streams each weight block once instead of
-// twice (two 64-row tiles).
+// twice (two 64-row tiles). An experimental third (m96n256, forced only) puts the same 96 rows
+// against 256 weight rows in four warpgroups, reading the token rows once per 256 weight rows.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +41,10 @@ struct GroupedMainloop {
   static constexpr int kBM = BM, kBN = BN;
   static constexpr int kWarpGroups = WarpGroups;
   static constexpr int kThreads = kWarpGroups * 128;
-  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes>;
+  // A's chunks over the threads: all of them, or (96 rows over 512 threads) the first 384
+  static constexpr int kALoaders =
+      BM * 8 % kThreads == 0 ? kThreads : BM * 8 / (BM * 8 / kThreads + 1);
+  using Tiles = SwizzledTiles<Elem, BM, BN, kThreads, APlanes, kALoaders>;
   using ARows = typename Tiles::ARows;
   static constexpr int kBK = Tiles::kBK;
   static constexpr int kWarpM = 16;  // rows per warp
@@ -54,14 +58,17 @@ struct GroupedMainloop {
   static constexpr int kAlign = 1024;  // the swizzle pattern repeats every 8 rows of 128 bytes
   static constexpr int kRingBytes = Stages * kStageElems * static_cast<int>(sizeof(Elem));
   static constexpr int kBStageBytes = BN * kBK * static_cast<int>(sizeof(Elem));
+  static constexpr int kBBoxRows = 128;  // weight rows per bulk tensor copy (the maps' box)
   // the ring, its alignment slack and one 8-byte mbarrier per stage after it
   static constexpr int kSmemBytes = kRingBytes + kAlign + Stages * 8;
 
   static_assert(Swapped ? (BM == 32 || BM == 96) && (BN / 64) % WarpGroups == 0
                         : BM % 64 == 0 && WarpGroups == BM / 64,
                 "whole warpgroups of 64 rows, or swapped tiles of 32 or 96 rows (m64n32 / m64n96)");
-  static_assert(BN == 128,
-                "row tiles' wgmma wrapper is m64n128k16; swapped tiles have 2 m64 halves");
+  static_assert(Swapped ? BN == 128 || (BN == 256 && BM == 96) : BN == 128,
+                "row tiles' wgmma wrapper is m64n128k16; swapped tiles have 2 m64 blocks of weight "
+                "rows (4 in the 96-row tile of 256)");
+  static_assert(BM * 8 % kALoaders == 0, "A's chunks split evenly over the loading threads");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 
@@ -97,7 +104,11 @@ struct GroupedMainloop {
       Tiles::load_a(sa, a, a_plane_stride, a_cols, k0, b);
       if (threadIdx.x == 0) {
         ptx::mbarrier_arrive_expect_tx(&full[stage], kBStageBytes);
-        ptx::tma_load_2d(sa + kAStageElems, b_map.map, k0, b_map.row, &full[stage]);
+#pragma unroll
+        for (int box = 0; box < BN / kBBoxRows; ++box) {  // 128-row boxes keep the swizzled layout
+          ptx::tma_load_2d(sa + kAStageElems + box * kBBoxRows * kBK, b_map.map, k0,
+                           b_map.row + box * kBBoxRows, &full[stage]);
+        }
       }
     };
 
