@@ -1,5 +1,5 @@
 // Launchers of the expert GEMMs: the one place where (dtype, tile, mainloop) become template
-// arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 3 sm_90a
+// arguments. Instantiated here and nowhere else: 2 dtypes x 2 GEMMs x (3 sm_80 tiles + 4 sm_90a
 // tiles). On an sm_90 device that runs this build's sm_90a machine code, tiles of 64 rows and more
 // use the wgmma mainloop, which loads the weights through tensor maps; everywhere else (and with
 // FUSEDMOE_CUDA_MAINLOOP=sm80) the mma.sync one. prepare_kernels(), the per-device set-up of every

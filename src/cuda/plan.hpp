@@ -82,7 +82,7 @@ GemmTile fit_forced_tile(GemmTile forced, bool wgmma, std::int64_t hidden_pad,
                          std::int64_t inter_pad);
 
 inline constexpr std::int64_t kKAlign =
-    128;  // packed hidden size: a multiple of every tile's BN and BK
+    128;  // packed hidden size: a multiple of BK and of every tile's BN but m96n256's
 inline constexpr std::int64_t kIAlign = 64;  // packed intermediate size: a multiple of BK and BN/2
 inline constexpr std::int64_t kRouterSlice =
     256;  // router H-slice (kernels/router/router_logits.cuh)

@@ -1,5 +1,5 @@
 // Where a mainloop that loads B with the bulk tensor copy engine finds it: a 2-D tensor map over
-// all experts' packed rows ([experts · rows per expert, K], 128-byte swizzle, boxes of 64 x BN)
+// all experts' packed rows ([experts · rows per expert, K], 128-byte swizzle, boxes of 64 x 128)
 // and the map row of the block's first B row. Mainloops that load B with cp.async ignore it.
 #pragma once
 
