@@ -121,7 +121,7 @@ std::vector<EdgeCase> edge_cases() {
                with_shared(test::make_config(256, 136, 2, 2, DType::f16), 72, false), 90});
   v.push_back({"Tiles96_Zipf", precomputed(test::make_config(256, 136, 8, 2)), 256,
                ids(test::Ids::zipf, 0.8)});
-  // The same for the experimental m96n256 tile (CTest's cuda_edge_test_cuda_m96n256), in layers
+  // The same for the m96n256 tile (CTest's cuda_edge_test_cuda_m96n256), in layers
   // whose packed rows are whole 256-row blocks in both GEMMs (the ones above fall back to
   // m96n128 there): all tokens on each of 2 experts with a gated shared expert, and Zipf over 8
   v.push_back({"Tiles96x256_AllTokens",

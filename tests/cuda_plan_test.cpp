@@ -86,6 +86,34 @@ TEST(CudaPlan, ForcedTileFitsTheLayer) {
       << "no shared expert: its GEMMs do not run";
 }
 
+TEST(CudaPlan, WideTileWherePackedSizesFit) {
+  // the 96-row tile against 256 weight rows where both GEMMs' packed rows are whole blocks of it
+  EXPECT_TRUE(fits_m96n256(4096, 14336)) << "mixtral-8x7b";
+  EXPECT_TRUE(fits_m96n256(6144, 16384)) << "mixtral-8x22b";
+  EXPECT_FALSE(fits_m96n256(2944, 2880)) << "gpt-oss: packed H 2944 = 23 * 128";
+  EXPECT_FALSE(fits_m96n256(4096, 1472)) << "2 * 1472 = 23 * 128";
+  EXPECT_TRUE(fits_m96n256(4096, 0)) << "no shared expert: its GEMMs do not run";
+  const LayerConfig mixtral = test::make_config(4096, 14336, 8, 2);
+  for (std::int64_t t : {256, 1024, 4096}) {
+    EXPECT_EQ(make_plan(mixtral, t, true).routed_tile, GemmTile::m96n256) << "T=" << t;
+    EXPECT_EQ(make_plan(mixtral, t, false).routed_tile,
+              t == 256 ? GemmTile::m64n128 : GemmTile::m128n128)
+        << "no 96-row tiles on sm_80: T=" << t;
+  }
+  EXPECT_EQ(make_plan(mixtral, 64, true).routed_tile, GemmTile::m64n128);
+  // long K, but packed sizes that are not whole 256-row blocks (H 4224 = 33 * 128)
+  const LayerConfig odd = test::make_config(4224, 14336, 8, 2);
+  EXPECT_EQ(make_plan(odd, 256, true).routed_tile, GemmTile::m96n128);
+  // the shared expert by its own packed size
+  LayerConfig shared = mixtral;
+  shared.shared.intermediate = 4096 + 64;  // 2 * 4160 = 32.5 * 256
+  EXPECT_EQ(make_plan(shared, 256, true).shared_tile, GemmTile::m96n128);
+  shared.shared.intermediate = 4096;
+  EXPECT_EQ(make_plan(shared, 256, true).shared_tile, GemmTile::m96n256);
+  // the grids follow the tile's rows only: the same for both 96-row tiles
+  EXPECT_EQ(make_plan(mixtral, 256, true).tile_capacity, make_plan(odd, 256, true).tile_capacity);
+}
+
 // Row tiles and narrow tiles the align stage writes for a given spread of slots over experts.
 std::pair<std::int64_t, std::int64_t> tiles_needed(const std::vector<std::int64_t>& per_expert,
                                                    int bm, int narrow_rows) {

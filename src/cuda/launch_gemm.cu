@@ -79,9 +79,9 @@ struct Sm90Shape<GemmTile::m96n128, kWeighted> {
   static constexpr bool kSwapped = true;
   static constexpr int kMinBlocks = 2;
 };
-// The m96n256 tile (experimental, forced only): the same 96 token rows against 256 weight rows,
-// four warpgroups of 64 weight rows each; 512 threads held to 128 registers, one block per SM, with
-// rings of 4 stages (176 KB) and 3 (168 KB), about the bytes in flight of two m96n128 blocks.
+// The m96n256 tile: the same 96 token rows against 256 weight rows, four warpgroups of 64 weight
+// rows each; 512 threads held to 128 registers, one block per SM, with rings of 4 stages (176 KB)
+// and 3 (168 KB), about the bytes in flight of two m96n128 blocks.
 template <bool kWeighted>
 struct Sm90Shape<GemmTile::m96n256, kWeighted> {
   static constexpr int kBM = 96, kBN = 256, kStages = kWeighted ? 3 : 4, kWarpGroups = 4;

@@ -22,10 +22,10 @@ enum class GemmTile : std::uint8_t {
   // tiles, streams each block of its weights once; the tile for long-K layers from 49 rows per
   // expert.
   m96n128,
-  // sm_90a only, experimental: the same 96 token rows against 256 weight rows, four warpgroups
-  // (512 threads, one block per SM). A block reads its token rows once per 256 weight rows instead
-  // of once per 128, halving the gathered rows' share of the L2-to-SM bytes. Only when forced
-  // (FUSEDMOE_CUDA_TILE), and where both GEMMs' packed rows are whole multiples of 256.
+  // sm_90a only: the same 96 token rows against 256 weight rows, four warpgroups (512 threads,
+  // one block per SM). A block reads its token rows once per 256 weight rows instead of once per
+  // 128, halving the gathered rows' share of the L2-to-SM bytes. Where the plan would take
+  // m96n128 and both GEMMs' packed rows are whole multiples of 256 (fits_m96n256).
   m96n256,
 };
 
@@ -39,9 +39,10 @@ inline constexpr GemmTile kGemmTiles[] = {GemmTile::m16n64, GemmTile::m64n128, G
 // last few rows measured slower than padding them (bench/NOTES.md, mixtral T = 256).
 inline constexpr int kNarrowRows = 32;
 
-// On sm_90a, m96n128 is the tile for more than kM96MinRows rows per expert in layers whose GEMMs
-// both have K >= kM96MinK (hidden and intermediate size), m64n128 for the others from 2 rows per
-// expert; m128n128 runs on sm_80 only unless forced.
+// On sm_90a, a 96-row tile is the one for more than kM96MinRows rows per expert in layers whose
+// GEMMs both have K >= kM96MinK (hidden and intermediate size), m64n128 for the others from 2 rows
+// per expert; m128n128 runs on sm_80 only unless forced. The 96-row tile is m96n256 where the
+// layer's packed sizes fit it (make_plan), else m96n128.
 inline constexpr int kM96MinRows = 48;
 inline constexpr std::int64_t kM96MinK = 4096;
 
@@ -69,6 +70,10 @@ std::optional<GemmTile> parse_tile(std::string_view name);
 // for GEMMs whose shorter K is `short_k` (min of hidden and intermediate size) and the mainloop
 // the device runs: `wgmma` when its 64-row and wider tiles run the sm_90a one.
 GemmTile choose_tile(std::int64_t rows, std::int64_t groups, std::int64_t short_k, bool wgmma);
+
+// Whether a layer of packed sizes hidden_pad and inter_pad (that of the GEMMs' expert: routed or
+// shared) is whole m96n256 blocks: GEMM1's 2 · inter_pad packed rows and GEMM2's hidden_pad.
+bool fits_m96n256(std::int64_t hidden_pad, std::int64_t inter_pad);
 
 // FUSEDMOE_CUDA_TILE=m16n64|m64n128|m96n128|m128n128|m96n256 forces the tile of every expert GEMM,
 // routed and shared, for tuning runs and for tests of a tile the suites' layers would not choose

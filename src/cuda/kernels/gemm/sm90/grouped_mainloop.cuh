@@ -20,8 +20,8 @@
 // tile computed it. Two shapes ship: narrow tiles of 32 rows (one warpgroup runs both halves: an
 // expert with few rows costs half of a padded 64-row tile), and 96-row tiles whose two warpgroups
 // take one half each, so that an expert with 65..96 rows streams each weight block once instead of
-// twice (two 64-row tiles). An experimental third (m96n256, forced only) puts the same 96 rows
-// against 256 weight rows in four warpgroups, reading the token rows once per 256 weight rows.
+// twice (two 64-row tiles). A third (m96n256) puts the same 96 rows against 256 weight rows in
+// four warpgroups, reading the token rows once per 256 weight rows.
 #pragma once
 
 #include <cstdint>
