@@ -114,6 +114,19 @@ TEST(CudaPlan, WideTileWherePackedSizesFit) {
   EXPECT_EQ(make_plan(mixtral, 256, true).tile_capacity, make_plan(odd, 256, true).tile_capacity);
 }
 
+TEST(CudaPlan, DescribeNamesEachSetsTileAndMainloop) {
+  const LayerConfig mixtral = test::make_config(4096, 14336, 8, 2);
+  EXPECT_EQ(describe(make_plan(mixtral, 256, true), true), "routed m96n256 (wgmma)");
+  EXPECT_EQ(describe(make_plan(mixtral, 64, true), true), "routed m64n128 + narrow n32 (wgmma)");
+  EXPECT_EQ(describe(make_plan(mixtral, 1, true), true), "routed m16n64 (mma.sync)")
+      << "16-row tiles have the sm_80 mainloop only";
+  EXPECT_EQ(describe(make_plan(mixtral, 256, false), false), "routed m64n128 (mma.sync)");
+  LayerConfig shared = mixtral;
+  shared.shared.intermediate = 4096;
+  EXPECT_EQ(describe(make_plan(shared, 20, true), true),
+            "routed m64n128 + narrow n32 (wgmma), shared m64n128 + narrow n32 (wgmma)");
+}
+
 // Row tiles and narrow tiles the align stage writes for a given spread of slots over experts.
 std::pair<std::int64_t, std::int64_t> tiles_needed(const std::vector<std::int64_t>& per_expert,
                                                    int bm, int narrow_rows) {

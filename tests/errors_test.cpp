@@ -877,6 +877,24 @@ TEST_F(Errors, WorkspaceMisaligned) {
   }
 }
 
+TEST_F(Errors, DescribeOnlyWhereForwardRuns) {
+  // what forward runs, in words, wherever it has a workspace size; nothing for T = 0 or a T
+  // that forward refuses (T · top_k >= 2^31)
+  const Layer cpu = make(Backend::cpu);
+  const std::string small = cpu.describe(kTokens);
+  EXPECT_EQ(small.rfind("cpu ", 0), 0u) << small;
+  EXPECT_NE(small.find("calling thread only"), std::string::npos) << small;
+  EXPECT_NE(cpu.describe(1 << 20).find("threaded"), std::string::npos)
+      << "a large T on every thread";
+  const Layer reference = make(Backend::reference);
+  EXPECT_EQ(reference.describe(kTokens).rfind("reference", 0), 0u) << reference.describe(kTokens);
+  for (const Layer* layer : {&cpu, &reference}) {
+    EXPECT_EQ(layer->describe(0), "");
+    EXPECT_EQ(layer->describe(-1), "");
+    EXPECT_EQ(layer->describe(std::int64_t{1} << 40), "");
+  }
+}
+
 TEST_F(Errors, ReferenceNeedsNoWorkspace) {
   Layer layer = make(Backend::reference);
   EXPECT_EQ(layer.workspace_size(kTokens), 0u);
@@ -1035,6 +1053,14 @@ TEST_F(CudaErrors, BaselineIsAccepted) {
   const GuardedOutput back = downloaded_out();
   EXPECT_EQ(test::count_poison(back.cref()), 0);
   EXPECT_TRUE(back.guard_intact());
+}
+
+TEST_F(CudaErrors, DescribeNamesTheTiles) {
+  const std::string d = cuda_layer->describe(kTokens);
+  EXPECT_EQ(d.rfind("routed m", 0), 0u) << d;
+  EXPECT_TRUE(d.find("(wgmma)") != std::string::npos || d.find("(mma.sync)") != std::string::npos)
+      << d;
+  EXPECT_EQ(cuda_layer->describe(0), "");
 }
 
 TEST_F(CudaErrors, HostXGivenToCuda) {

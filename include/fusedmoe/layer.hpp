@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "fusedmoe/config.hpp"
 #include "fusedmoe/status.hpp"
@@ -64,6 +65,10 @@ class Layer {
   // Bytes of workspace forward() needs for `tokens` rows; a pure function of config and tokens.
   // SIZE_MAX when T · top_k >= 2^31 (forward refuses such a T with invalid_shape).
   std::size_t workspace_size(std::int64_t tokens) const;
+  // What forward runs for `tokens` rows, in words, for logs and benchmark records: the CUDA
+  // backend's GEMM tiles and mainloops, the CPU backend's instruction set. Not a stable format;
+  // empty where workspace_size is 0 or SIZE_MAX.
+  std::string describe(std::int64_t tokens) const;
 
   // Computes out = MoE(x). Deterministic, and a token's output does not depend on the other
   // tokens of the batch. Safe to call from several threads with distinct workspaces and outputs.

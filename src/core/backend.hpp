@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/weight_source.hpp"
 #include "fusedmoe/config.hpp"
@@ -45,6 +46,8 @@ class BackendOps {
   virtual Result<std::unique_ptr<PackedWeights::Impl>> pack(const LayerConfig& config,
                                                             const WeightSource& source) const = 0;
   virtual std::size_t workspace_size(const LayerConfig& config, std::int64_t tokens) const = 0;
+  // What forward runs for `tokens` rows, in words (Layer::describe); called with T > 0.
+  virtual std::string describe(const LayerConfig& config, std::int64_t tokens) const = 0;
   // Called with T > 0 and arguments already checked.
   virtual Status forward(const PackedWeights::Impl& weights, const ForwardArgs& args) const = 0;
 };

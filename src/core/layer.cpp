@@ -68,6 +68,11 @@ std::size_t Layer::workspace_size(std::int64_t tokens) const {
   return impl_->ops->workspace_size(impl_->config, tokens);
 }
 
+std::string Layer::describe(std::int64_t tokens) const {
+  if (tokens <= 0 || too_many_tokens(impl_->config, tokens)) return {};
+  return impl_->ops->describe(impl_->config, tokens);
+}
+
 std::int64_t Layer::take_invalid_id_count() const {
   return impl_->weights.impl()->take_invalid_ids();
 }

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstring>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "core/activation.hpp"
@@ -34,6 +35,14 @@ constexpr std::int64_t kMaxBlockRows = 256;
 constexpr double kThreadedFlops = 4e6;
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+// Whether a forward of `tokens` rows runs on every OpenMP thread (kThreadedFlops).
+bool runs_threaded(const LayerConfig& c, std::int64_t tokens) {
+  const double flops = 2.0 * static_cast<double>(tokens) *
+                       static_cast<double>(c.hidden * (3 * c.top_k * c.intermediate +
+                                                       3 * c.shared.intermediate + c.experts));
+  return flops >= kThreadedFlops;
+}
 
 // Weight rows per work item: a block of about kWeightBlockBytes, a multiple of `multiple`.
 std::int64_t block_rows(std::int64_t row_bytes, std::int64_t multiple, std::int64_t total) {
@@ -254,6 +263,11 @@ class CpuBackend final : public core::BackendOps {
     return Buffers(c, tokens, nullptr).bytes;
   }
 
+  std::string describe(const LayerConfig& c, std::int64_t tokens) const override {
+    return "cpu " + std::string(to_string(kernels().isa)) +
+           (runs_threaded(c, tokens) ? ", threaded" : ", calling thread only");
+  }
+
   Status forward(const PackedWeights::Impl& packed, const ForwardArgs& a) const override {
     const auto& w = static_cast<const CpuWeights&>(packed);
     const LayerConfig& c = w.config;
@@ -261,10 +275,7 @@ class CpuBackend final : public core::BackendOps {
     const std::int64_t t_count = a.x.size(0), k = c.top_k, e_count = c.experts, h = c.hidden;
     const std::size_t es = dtype_size(c.dtype);
     Buffers buf(c, t_count, static_cast<std::byte*>(a.workspace.data));
-    const double flops =
-        2.0 * static_cast<double>(t_count) *
-        static_cast<double>(h * (3 * k * c.intermediate + 3 * c.shared.intermediate + e_count));
-    const bool threaded = flops >= kThreadedFlops;
+    const bool threaded = runs_threaded(c, t_count);
 
     // The only stage that allocates (per-thread scratch), and it does so before writing anything
     // the caller owns.

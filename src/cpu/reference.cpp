@@ -141,6 +141,9 @@ class ReferenceBackend final : public core::BackendOps {
   }
 
   std::size_t workspace_size(const LayerConfig&, std::int64_t) const override { return 0; }
+  std::string describe(const LayerConfig&, std::int64_t) const override {
+    return "reference: fp64 accumulation";
+  }
 
   Status forward(const PackedWeights::Impl& packed, const ForwardArgs& a) const override {
     const auto& w = static_cast<const ReferenceWeights&>(packed);

@@ -243,6 +243,10 @@ class CudaBackend final : public core::BackendOps {
     return make_plan(c, tokens, gemm_maps_weights()).workspace.bytes;
   }
 
+  std::string describe(const LayerConfig& c, std::int64_t tokens) const override {
+    return cuda::describe(make_plan(c, tokens, gemm_maps_weights()), gemm_maps_weights());
+  }
+
   Status forward(const PackedWeights::Impl& packed, const ForwardArgs& a) const override {
     const auto& w = static_cast<const CudaWeights&>(packed);
     const LayerConfig& c = w.config;

@@ -164,8 +164,6 @@ struct GemmKernel {
 std::atomic<Path> g_path{Path::sm80};
 std::atomic<bool> g_overlap{false};
 
-constexpr bool has_sm90(GemmTile tile) { return tile != GemmTile::m16n64; }
-
 TileList tile_list(const TileArgs& t) {
   TileList l;
   l.tiles = static_cast<const int2*>(t.tiles);
@@ -245,7 +243,7 @@ Status weighted(const WeightedGemmArgs& a, cudaStream_t stream) {
 template <bool kWeighted, class F>
 Status dispatch(DType dtype, GemmTile tile, Path path, F&& f) {
   const auto by_path = [&]<class Elem, GemmTile kTile>() -> Status {
-    if constexpr (has_sm90(kTile)) {
+    if constexpr (has_sm90_kernel(kTile)) {
       if (path == Path::sm90) {
         return f.template operator()<GemmKernel<Elem, kTile, kWeighted, Path::sm90>>();
       }

@@ -193,4 +193,15 @@ Plan make_plan(const LayerConfig& c, std::int64_t tokens, bool wgmma) {
   return p;
 }
 
+std::string describe(const Plan& p, bool wgmma) {
+  const auto set = [&](std::string_view name, GemmTile tile, int narrow_rows) {
+    std::string s = std::string(name) + " " + std::string(to_string(tile));
+    if (narrow_rows > 0) s += " + narrow n" + std::to_string(narrow_rows);
+    return s + (wgmma && has_sm90_kernel(tile) ? " (wgmma)" : " (mma.sync)");
+  };
+  std::string s = set("routed", p.routed_tile, p.narrow_rows);
+  if (p.shared_pad > 0) s += ", " + set("shared", p.shared_tile, p.shared_narrow_rows);
+  return s;
+}
+
 }  // namespace fusedmoe::cuda

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "fusedmoe/config.hpp"
@@ -62,6 +63,9 @@ bool narrow_tiles_enabled();
 constexpr bool has_sm80_kernel(GemmTile tile) {
   return tile != GemmTile::m96n128 && tile != GemmTile::m96n256;
 }
+
+// Whether `tile` has an sm_90a (wgmma) kernel: every tile but the 16-row one.
+constexpr bool has_sm90_kernel(GemmTile tile) { return tile != GemmTile::m16n64; }
 
 std::string_view to_string(GemmTile tile);
 std::optional<GemmTile> parse_tile(std::string_view name);
@@ -133,5 +137,9 @@ struct Plan {
 
 // `wgmma`: as for choose_tile (gemm_maps_weights() on the device that runs the layer).
 Plan make_plan(const LayerConfig& config, std::int64_t tokens, bool wgmma);
+
+// The plan's expert GEMMs in words, for Layer::describe: each set's tile and mainloop, e.g.
+// "routed m64n128 + narrow n32 (wgmma), shared m96n128 (wgmma)".
+std::string describe(const Plan& plan, bool wgmma);
 
 }  // namespace fusedmoe::cuda

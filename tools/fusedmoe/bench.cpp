@@ -243,7 +243,13 @@ int bench_command(const Options& o, const std::string& command_line) {
         ++failures;
         continue;
       }
-      const ResultRow row{layer.name, c, step.tokens, step.skew, runner.backend(), m.value()};
+      const ResultRow row{layer.name,
+                          c,
+                          step.tokens,
+                          step.skew,
+                          runner.backend(),
+                          m.value(),
+                          runner.describe(step.tokens)};
       std::optional<double> speedup;
       if (is_reference && last) speedup = row.m.time.median_us / last->m.time.median_us;
       print_row(row, backend, speedup);

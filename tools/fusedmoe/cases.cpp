@@ -546,7 +546,8 @@ bench::JsonObject result_json(const ResultRow& row, const bench::MachineInfo& ma
       .add("intermediate", row.config.intermediate)
       .add("top_k", row.config.top_k)
       .add("shared_intermediate", row.config.shared.intermediate)
-      .add("routing", routing_summary(row.config.routing));
+      .add("routing", routing_summary(row.config.routing))
+      .add("kernels", row.kernels);
   if (target.gpu) {
     j.add("read_bw_gbps", target.read_gbps)
         .add("bf16_tflops", target.compute_gflops * 1e-3)

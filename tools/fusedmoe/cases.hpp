@@ -118,6 +118,8 @@ class LayerRunner {
   DType out_dtype() const { return out_dtype_; }
   std::size_t packed_bytes() const { return packed_bytes_; }
   int copies() const { return static_cast<int>(layers_.size()); }
+  // What forward runs for `tokens` rows (Layer::describe).
+  std::string describe(std::int64_t tokens) const { return layers_.front().describe(tokens); }
   // The stream the GPU runner's forward runs on.
   const device::Stream& stream() const { return stream_; }
 
@@ -199,6 +201,7 @@ struct ResultRow {
   double skew = 0;
   Backend backend = Backend::cpu;
   Measurement m;
+  std::string kernels;  // what forward ran (Layer::describe)
 };
 
 // A skew as the result files name it (bench/peers writes the same): "uniform" for the layer's own

@@ -131,6 +131,7 @@ TEST(Json, SharedKeysFirstForGpuRows) {
   row.m.experts_hit = 8;
   row.m.work = bench::layer_work(row.config, 16, 8);
   row.m.floor = gpu_target().floor(row.m.work);
+  row.kernels = "routed m64n128 + narrow n32 (wgmma)";
   const std::string line =
       result_json(row, bench::MachineInfo{}, gpu_target(), "fusedmoe bench").str();
   const std::string head =
@@ -147,7 +148,8 @@ TEST(Json, SharedKeysFirstForGpuRows) {
       << line;
   for (const char* kv : {R"("graph": true)", R"("timer": "cuda-events")", R"("read_bw_gbps": 4570)",
                          R"("bf16_tflops": 690)", R"("experts_hit": 8)", R"("us_p10": )",
-                         R"("us_p90": )", R"("date": )", R"("command": "fusedmoe bench")"}) {
+                         R"("us_p90": )", R"("date": )", R"("command": "fusedmoe bench")",
+                         R"k("kernels": "routed m64n128 + narrow n32 (wgmma)")k"}) {
     EXPECT_NE(line.find(kv), std::string::npos) << kv << " in " << line;
   }
   // Off the GPU the key is there, null, so every line has the same leading keys.

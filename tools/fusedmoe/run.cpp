@@ -102,6 +102,8 @@ int run_command(const Options& o, const std::string& command_line) {
               runner->copies() == 1 ? "y" : "ies");
   std::printf("  experts hit: %.1f of %lld per batch (mean)\n", m->experts_hit,
               static_cast<long long>(config.experts));
+  const std::string kernels = runner->describe(tokens);
+  std::printf("  kernels: %s\n", kernels.c_str());
   const char* timer = !m->cuda_events ? "wall clock"
                       : m->graph      ? "CUDA events, CUDA graph replays"
                                       : "CUDA events, stream launches";
@@ -126,7 +128,7 @@ int run_command(const Options& o, const std::string& command_line) {
   }
 
   if (!o.json_path.empty()) {
-    const ResultRow row{layer.name, config, tokens, skew, backend, m.value()};
+    const ResultRow row{layer.name, config, tokens, skew, backend, m.value(), kernels};
     std::string error;
     if (!bench::append_json_line(o.json_path, result_json(row, machine, target, command_line),
                                  &error)) {
