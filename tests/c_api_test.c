@@ -139,6 +139,16 @@ int main(void) {
 
   size_t ws_bytes = fusedmoe_layer_workspace_size(cpu, kT);
   CHECK(ws_bytes > 0, "the cpu backend needs a workspace");
+  char what[64];
+  size_t what_len = fusedmoe_layer_describe(cpu, kT, what, sizeof what);
+  CHECK(what_len > 4 && what_len < sizeof what && strncmp(what, "cpu ", 4) == 0,
+        "describe names the cpu backend");
+  char cut[4] = {'x', 'x', 'x', 'x'};
+  CHECK(fusedmoe_layer_describe(cpu, kT, cut, sizeof cut) == what_len && cut[3] == '\0' &&
+            strncmp(cut, what, 3) == 0,
+        "describe cuts to the buffer and returns the whole length");
+  CHECK(fusedmoe_layer_describe(cpu, 0, what, sizeof what) == 0 && what[0] == '\0',
+        "describe is empty at T = 0");
   void* ws = malloc(ws_bytes);
   fusedmoe_forward_args a;
   fusedmoe_forward_args_init(&a);

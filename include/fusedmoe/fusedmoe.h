@@ -184,6 +184,12 @@ fusedmoe_status fusedmoe_layer_create(const fusedmoe_layer_config* config,
                                       fusedmoe_layer** layer);
 void fusedmoe_layer_destroy(fusedmoe_layer* layer);
 size_t fusedmoe_layer_workspace_size(const fusedmoe_layer* layer, int64_t tokens);
+/* What forward runs for `tokens` rows, in words (Layer::describe; not a stable format), as a
+   NUL-terminated string in `buffer` (cut to size - 1 characters; nothing written when size is 0).
+   Returns the whole string's length, as snprintf does: a larger buffer is needed when it is >=
+   size. */
+size_t fusedmoe_layer_describe(const fusedmoe_layer* layer, int64_t tokens, char* buffer,
+                               size_t size);
 fusedmoe_status fusedmoe_layer_forward(const fusedmoe_layer* layer,
                                        const fusedmoe_forward_args* args);
 int64_t fusedmoe_layer_take_invalid_id_count(const fusedmoe_layer* layer);

@@ -98,6 +98,11 @@ class Layer:
     def workspace_size(self, tokens: int) -> int:
         return self._layer.workspace_size(tokens)
 
+    def describe(self, tokens: int) -> str:
+        """What forward runs for `tokens` rows, in words: the CUDA backend's GEMM tiles, the CPU
+        backend's instruction set. Not a stable format; "" for tokens <= 0."""
+        return self._layer.describe(tokens)
+
     def take_invalid_id_count(self) -> int:
         """Precomputed ids outside [0, E) seen since the last call (they contributed zero)."""
         return self._layer.take_invalid_id_count()

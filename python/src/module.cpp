@@ -222,6 +222,7 @@ class PyLayer {
   nb::dict config() const { return config_to(layer_->config()); }
   std::string backend() const { return std::string(to_string(layer_->backend())); }
   std::size_t workspace_size(std::int64_t tokens) const { return layer_->workspace_size(tokens); }
+  std::string describe(std::int64_t tokens) const { return layer_->describe(tokens); }
   std::int64_t take_invalid_id_count() const { return layer_->take_invalid_id_count(); }
 
   // out (and the optional outputs) are written in place. Without `workspace`, a host workspace
@@ -324,6 +325,7 @@ NB_MODULE(_fusedmoe, m) {
       .def_prop_ro("config", &PyLayer::config)
       .def_prop_ro("backend", &PyLayer::backend)
       .def("workspace_size", &PyLayer::workspace_size, nb::arg("tokens"))
+      .def("describe", &PyLayer::describe, nb::arg("tokens"))
       .def("take_invalid_id_count", &PyLayer::take_invalid_id_count)
       .def("forward", &PyLayer::forward, nb::arg("x"), nb::arg("out"),
            nb::arg("topk_ids") = nb::none(), nb::arg("topk_weights") = nb::none(),

@@ -169,6 +169,13 @@ def test_zero_tokens():
     assert out.shape == (0, c["hidden"])
 
 
+def test_describe_names_the_backend():
+    c = small_config()
+    layer = fusedmoe.Layer(c, random_weights(c, np.float32, np.random.default_rng(0)), "cpu")
+    assert layer.describe(4).startswith("cpu ")
+    assert layer.describe(0) == ""
+
+
 def test_torch_cpu_tensors_if_torch_is_installed():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)

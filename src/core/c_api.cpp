@@ -323,6 +323,17 @@ size_t fusedmoe_layer_workspace_size(const fusedmoe_layer* layer, int64_t tokens
   return layer == nullptr ? 0 : layer->layer.workspace_size(tokens);
 }
 
+size_t fusedmoe_layer_describe(const fusedmoe_layer* layer, int64_t tokens, char* buffer,
+                               size_t size) {
+  const std::string text = layer == nullptr ? std::string{} : layer->layer.describe(tokens);
+  if (buffer != nullptr && size > 0) {
+    const std::size_t n = std::min(text.size(), size - 1);
+    std::memcpy(buffer, text.data(), n);
+    buffer[n] = '\0';
+  }
+  return text.size();
+}
+
 fusedmoe_status fusedmoe_layer_forward(const fusedmoe_layer* layer,
                                        const fusedmoe_forward_args* args) {
   return guarded([&]() -> Status {
