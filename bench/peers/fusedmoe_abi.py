@@ -124,6 +124,8 @@ _SIGNATURES = {
                                                ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]),
     "fusedmoe_layer_destroy": (None, [ctypes.c_void_p]),
     "fusedmoe_layer_workspace_size": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
+    "fusedmoe_layer_describe": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64,
+                                                  ctypes.c_char_p, ctypes.c_size_t]),
     "fusedmoe_layer_forward": (ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(ForwardArgs)]),
 }
 
@@ -231,6 +233,16 @@ class Layer:
 
     def workspace_size(self, tokens):
         return int(self.library.lib.fusedmoe_layer_workspace_size(self.handle, tokens))
+
+    def describe(self, tokens):
+        """What forward runs for `tokens` rows, in words (fusedmoe_layer_describe)."""
+        size = 128
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = int(self.library.lib.fusedmoe_layer_describe(self.handle, tokens, buf, size))
+            if n < size:
+                return buf.value.decode()
+            size = n + 1
 
     def forward(self, args):
         status = self.library.lib.fusedmoe_layer_forward(self.handle, ctypes.byref(args))

@@ -560,6 +560,7 @@ class FusedMoeCuda:
             return keep[1]
 
         fn.workspace_bytes = ws_bytes
+        fn.kernels = self.layer.describe(t)
         return fn
 
     def close(self):
@@ -849,7 +850,7 @@ def run_cell(args, st, mode, tokens, skew, impls, fm, mt, timer, tile_cache, rea
                 torch.cuda.synchronize()
         if impl == "fusedmoe-cuda" and fm is not None:
             extra = (f"{fm.path}; weights packed from {fm.weights_from}; workspace "
-                     f"{fn.workspace_bytes} B")
+                     f"{fn.workspace_bytes} B; kernels {fn.kernels}")
             note = f"{note}; {extra}" if note else extra
         rec = record(st, tokens, skew, impl, us, floor_us, bound, common, mode, used_graph, rel,
                      tile_info if impl == "vllm-algorithm" else None, note, hit, reps,
