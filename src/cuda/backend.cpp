@@ -244,7 +244,8 @@ class CudaBackend final : public core::BackendOps {
   }
 
   std::string describe(const LayerConfig& c, std::int64_t tokens) const override {
-    return cuda::describe(make_plan(c, tokens, gemm_maps_weights()), gemm_maps_weights());
+    const bool wgmma = gemm_maps_weights();
+    return cuda::describe(make_plan(c, tokens, wgmma), wgmma);
   }
 
   Status forward(const PackedWeights::Impl& packed, const ForwardArgs& a) const override {

@@ -68,7 +68,6 @@ struct GroupedMainloop {
   static_assert(Swapped ? BN == 128 || (BN == 256 && BM == 96) : BN == 128,
                 "row tiles' wgmma wrapper is m64n128k16; swapped tiles have 2 m64 blocks of weight "
                 "rows (4 in the 96-row tile of 256)");
-  static_assert(BM * 8 % kALoaders == 0, "A's chunks split evenly over the loading threads");
   static_assert(BN % kBBoxRows == 0, "B's stage is whole boxes of the weight maps");
   static_assert(Stages >= 2, "at least double buffering");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
