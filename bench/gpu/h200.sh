@@ -27,11 +27,29 @@
 #                                 for scikit-build-core, nanobind and pytest, made elsewhere with
 #                                 pip download --python-version 3.12 --only-binary=:all:)
 # Several steps may be given in one call. The build (build-gpu/) is either carried from the
-# machine that made it or made here when absent.
+# machine that made it (bench/gpu/carry.sh makes build-carry/ for BUILD=build-carry) or made here
+# when absent.
+# A step written h200:STEP runs only where the GPU is an H200 (the device tool may lend an H100
+# for an H200: the checks are worth running on either, the bar's timings only on the H200).
+# STOP_AFTER=N starts no step after N seconds, so that a call ends inside the device's limit with
+# its logs. PACK=1 keeps $OUT to summary.txt and logs.tgz (the device returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# a misspelt step fails the call before it spends device time
+for step in "$@"; do
+  case "${step#h200:}" in
+    test | fault | sanitize | grid | peers | presets | presets512 | soak | soak-start | soak-wait) ;;
+    ab | adversarial | python | hf | info) ;;
+    *) echo "unknown step $step (the steps are listed at the top of $0)" >&2 && exit 2 ;;
+  esac
+done
 OUT="${OUT:-/tmp/fusedmoe-out}"
 mkdir -p "$OUT"
+if [ -n "${PACK:-}" ]; then
+  PACKED="$OUT"
+  OUT=$(mktemp -d)
+  trap 'cp "$OUT/summary.txt" "$PACKED/" 2>/dev/null; tar czf "$PACKED/logs.tgz" -C "$OUT" .' EXIT
+fi
 BUILD="${BUILD:-build-gpu}"
 # cuBLAS (the bf16 ceiling) from the toolkit or from the Python wheels, whichever is there.
 for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
@@ -72,7 +90,19 @@ export FUSEDMOE_COMMIT="${FUSEDMOE_COMMIT:-$("$BUILD/bin/fusedmoe" --version | s
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
   | tee -a "$OUT/summary.txt"
 
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 for step in "$@"; do
+  if [ -n "${STOP_AFTER:-}" ] && ((SECONDS >= STOP_AFTER)); then
+    echo "not run: $step (STOP_AFTER=$STOP_AFTER, ${SECONDS} s in)" | tee -a "$OUT/summary.txt"
+    continue
+  fi
+  if [[ "$step" == h200:* ]]; then
+    step=${step#h200:}
+    if [[ "$gpu_name" != *H200* ]]; then
+      echo "not run: $step (h200: only, and this GPU is $gpu_name)" | tee -a "$OUT/summary.txt"
+      continue
+    fi
+  fi
   case "$step" in
     test)
       # the binaries directly (a carried build's CTest files hold this machine's paths)
@@ -212,7 +242,6 @@ for step in "$@"; do
       log "device"
       ldd "$BUILD/bin/fusedmoe" | grep -E "cublas|not found" | tee -a "$OUT/summary.txt"
       ;;
-    *) echo "unknown step $step" ;;
   esac
 done
 if [ -n "$SOAK_PID" ]; then  # soak-start without soak-wait: its verdict still goes in the summary
