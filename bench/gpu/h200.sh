@@ -48,7 +48,8 @@ mkdir -p "$OUT"
 if [ -n "${PACK:-}" ]; then
   PACKED="$OUT"
   OUT=$(mktemp -d)
-  trap 'cp "$OUT/summary.txt" "$PACKED/" 2>/dev/null; tar czf "$PACKED/logs.tgz" -C "$OUT" .' EXIT
+  trap 'cp "$OUT/summary.txt" "$PACKED/" 2>/dev/null; tar czf "$PACKED/logs.tgz" -C "$OUT" . &&
+    rm -rf "$OUT"' EXIT
 fi
 BUILD="${BUILD:-build-gpu}"
 # cuBLAS (the bf16 ceiling) from the toolkit or from the Python wheels, whichever is there.
