@@ -355,6 +355,12 @@ def select_topk(logits, p, corr_bias):
     return w, ids.to(torch.int32)
 
 
+def routing_stats(ids, experts):
+    """The experts hit and the most rows any one of them got (the rows set the tiles' count)."""
+    rows = torch.bincount(ids.flatten().long(), minlength=experts)
+    return {"experts_hit": int((rows > 0).sum()), "rows_max": int(rows.max())}
+
+
 def route(x, router, p, corr_bias):
     """Router GEMM in fp32 (x·Wᵀ, router [E, H] fp32) and the preset's top-k."""
     logits = torch.mm(x.float(), router.t())
@@ -763,7 +769,8 @@ def run_cell(args, st, mode, tokens, skew, impls, fm, mt, timer, tile_cache, rea
     else:
         w_ref, ids_ref = route(x, st.router, p, corr)
     ref = reference(x, st.w13, st.w2, w_ref, ids_ref)
-    hit = int(torch.unique(ids_ref).numel())
+    routing = routing_stats(ids_ref, e)
+    hit = routing["experts_hit"]
     nbytes = hit * 3 * h * inter * 2 + 2 * tokens * h * 2
     flops = 2.0 * tokens * k * 3 * h * inter
     t_mem, t_mat = nbytes / read_bw, flops / rate
@@ -816,7 +823,7 @@ def run_cell(args, st, mode, tokens, skew, impls, fm, mt, timer, tile_cache, rea
         if impl not in fns:
             if impl == "vllm-algorithm":  # no tile config compiled and passed the check
                 emit(record(st, tokens, skew, impl, None, floor_us, bound, common, mode, False,
-                            None, tile_info, None, hit, 0, flush, "error",
+                            None, tile_info, None, routing, 0, flush, "error",
                             "no tile config compiled and passed the correctness check"))
                 line.append(f"{impl} ERROR")
             continue  # fusedmoe-cuda without a layer: already reported
@@ -853,7 +860,7 @@ def run_cell(args, st, mode, tokens, skew, impls, fm, mt, timer, tile_cache, rea
                      f"{fn.workspace_bytes} B; kernels {fn.kernels}")
             note = f"{note}; {extra}" if note else extra
         rec = record(st, tokens, skew, impl, us, floor_us, bound, common, mode, used_graph, rel,
-                     tile_info if impl == "vllm-algorithm" else None, note, hit, reps,
+                     tile_info if impl == "vllm-algorithm" else None, note, routing, reps,
                      flush, status, err_msg)
         emit(rec)
         if status == "ok":
@@ -863,7 +870,8 @@ def run_cell(args, st, mode, tokens, skew, impls, fm, mt, timer, tile_cache, rea
             line.append(f"{impl} {status.upper()} ({err_msg})")
         if status != "ok":
             log(f"{st.name} T={tokens} {skew} {mode} {impl}: {status}: {err_msg}")
-    log(f"{st.name} T={tokens} {skew} {mode}: hit {hit}, floor {floor_us:.1f}us ({bound}"
+    log(f"{st.name} T={tokens} {skew} {mode}: hit {hit}, at most {routing['rows_max']} rows an "
+        f"expert, floor {floor_us:.1f}us ({bound}"
         f"{', L2 flushed' if flush else ''}) | " + " | ".join(line))
 
 
@@ -905,7 +913,7 @@ def choose_tile(args, st, mt, timer, x, w_exp, ids_exp, tokens, flush, use_graph
 
 
 def record(st, tokens, skew, impl, us, floor_us, bound, common, mode, graph, rel, tile_info,
-           note, hit, reps, flush, status, error):
+           note, routing, reps, flush, status, error):
     med = statistics.median(us) if us else None
     rec = {
         "preset": st.name,
@@ -928,7 +936,7 @@ def record(st, tokens, skew, impl, us, floor_us, bound, common, mode, graph, rel
         "us_p10": round(percentile(us, 0.1), 2) if us else None,
         "us_p90": round(percentile(us, 0.9), 2) if us else None,
         "pct_floor": round(100.0 * floor_us / med, 1) if med else None,
-        "experts_hit": hit,
+        **routing,
         "reps": reps,
         "l2_flush": bool(flush),
         "status": status,
