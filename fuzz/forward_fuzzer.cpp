@@ -188,10 +188,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     a.workspace = ws.ws.data;
     a.workspace_bytes = ws.ws.bytes;
     if (in.ConsumeBool()) {
-      // an older caller's struct: the fields past struct_size keep their defaults (absent)
+      // a size no header had (ABI version 1 is the first) would cut a field in two: refused;
+      // a newer caller's larger struct is read up to this library's fields
       a.struct_size = in.ConsumeIntegralInRange<std::uint32_t>(0, sizeof(a) + 8);
     }
     const fusedmoe_status code = fusedmoe_layer_forward(tl.c_layer, &a);
+    FUSEDMOE_FUZZ_REQUIRE(a.struct_size >= sizeof(a) || code == FUSEDMOE_INVALID_ARGUMENT);
     s = code == FUSEDMOE_OK ? Status{}
                             : Status{static_cast<StatusCode>(code), fusedmoe_last_error()};
     FUSEDMOE_FUZZ_REQUIRE(s.ok() || !s.message().empty());

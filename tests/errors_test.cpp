@@ -2,6 +2,8 @@
 // call touches nothing: x and the weights keep their bytes, out keeps its poison and its guards.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -1286,6 +1288,54 @@ TEST_F(CApiErrors, StructSizeZero) {
   EXPECT_EQ(fusedmoe_layer_create(&cc, &cw, FUSEDMOE_BACKEND_CPU, &layer),
             FUSEDMOE_INVALID_ARGUMENT);
   EXPECT_NE(std::string(fusedmoe_last_error()).find("struct_size"), std::string::npos);
+}
+
+// Found by forward_fuzzer (RELIABILITY.md): a struct_size that is no header's cut a field in two,
+// here ids_out's second stride, which kept its caller's low bytes and pointed far outside the
+// buffer, and the CPU backend wrote there. Such a size is refused before anything is written; a
+// newer caller's larger struct is read up to this library's fields.
+TEST_F(CApiErrors, StructSizeOfNoRevisionIsRefused) {
+  fusedmoe_layer* layer = nullptr;
+  ASSERT_EQ(fusedmoe_layer_create(&cc, &cw, FUSEDMOE_BACKEND_CPU, &layer), FUSEDMOE_OK);
+  struct NewerArgs {
+    fusedmoe_forward_args a;
+    std::int64_t appended[2];  // fields of a later revision
+  } newer{};
+  fusedmoe_forward_args& a = newer.a;
+  fusedmoe_forward_args_init(&a);
+  std::vector<std::byte> ws(fusedmoe_layer_workspace_size(layer, kTokens));
+  a.x = c_tensor(x.cref());
+  a.out = c_tensor(out.cref());
+  a.workspace = ws.data();
+  a.workspace_bytes = ws.size();
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(kTokens * config.top_k), -7);
+  const std::int64_t ids_shape[2] = {kTokens, config.top_k};
+  a.ids_out = fusedmoe_cpu_tensor(ids.data(), FUSEDMOE_I32, 2, ids_shape);
+  a.ids_out.strides[1] = static_cast<std::int64_t>(0x9111111111111111ULL);  // bytes 11 .. 91
+  a.struct_size = static_cast<std::uint32_t>(offsetof(fusedmoe_forward_args, ids_out) +
+                                             offsetof(fusedmoe_tensor, strides) + 8 + 3);
+  EXPECT_EQ(fusedmoe_layer_forward(layer, &a), FUSEDMOE_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(fusedmoe_last_error()).find("struct_size"), std::string::npos)
+      << fusedmoe_last_error();
+  a.struct_size = static_cast<std::uint32_t>(offsetof(fusedmoe_forward_args, workspace) + 4);
+  EXPECT_EQ(fusedmoe_layer_forward(layer, &a), FUSEDMOE_INVALID_ARGUMENT);  // half a pointer
+  EXPECT_EQ(test::count_poison(out.cref()), kTokens * config.hidden);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), -7), kTokens * config.top_k);
+
+  a.ids_out.strides[1] = 1;
+  a.struct_size = sizeof(newer);
+  newer.appended[0] = newer.appended[1] = -1;
+  EXPECT_EQ(fusedmoe_layer_forward(layer, &a), FUSEDMOE_OK) << fusedmoe_last_error();
+  EXPECT_EQ(test::count_poison(out.cref()), 0);
+  EXPECT_EQ(std::count_if(ids.begin(), ids.end(),
+                          [&](std::int32_t e) { return e >= 0 && e < config.experts; }),
+            kTokens * config.top_k);
+  fusedmoe_layer_destroy(layer);
+
+  cc.struct_size = sizeof(cc) - 2;  // inside dtype, the last field
+  EXPECT_EQ(fusedmoe_layer_create(&cc, &cw, FUSEDMOE_BACKEND_CPU, &layer),
+            FUSEDMOE_INVALID_ARGUMENT);
+  EXPECT_EQ(layer, nullptr);
 }
 
 TEST_F(CApiErrors, BadEnums) {

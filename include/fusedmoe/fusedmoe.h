@@ -3,9 +3,10 @@
  * Opaque handles, plain structs and status codes; no C++ types cross this boundary and no
  * function aborts or throws. Structs only ever grow at their end, and every struct a caller fills
  * starts with `struct_size` (set it to sizeof the struct your header declares), so a library
- * newer than your header still reads your call correctly. The message of the last failed call on
- * the calling thread is fusedmoe_last_error(). Every enum spans 32 bits (its *_MAX_ENUM value), so
- * any int32 a caller passes is a defined value, and values out of range are rejected.
+ * newer than your header still reads your call correctly; a size that no header has is refused,
+ * since it would cut a field in two. The message of the last failed call on the calling thread is
+ * fusedmoe_last_error(). Every enum spans 32 bits (its *_MAX_ENUM value), so any int32 a caller
+ * passes is a defined value, and values out of range are rejected.
  *
  *   fusedmoe_layer_config cfg;
  *   fusedmoe_preset_config("qwen3-30b-a3b", &cfg);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -64,16 +65,26 @@ fusedmoe_status guarded(Fn fn) {
   }
 }
 
-// Reads a caller's struct of any ABI revision: fields it does not have keep their defaults.
+// The sizes of a struct in the headers before this one. A struct grows only at its end, so such a
+// size covers whole fields; when a field is appended, a specialization here lists the struct's
+// old sizeof. ABI version 1 is the first: no struct has an older revision yet.
+template <class T>
+inline constexpr std::span<const std::size_t> kOlderSizes{};
+
+// Reads a caller's struct of any ABI revision: fields its revision does not have keep their
+// defaults, fields of a newer revision than this library's are not read. A size that is no
+// revision's would cut a field (a pointer or a tensor's strides) in two: it is refused.
 template <class T>
 Status read_versioned(const T* in, T& out, const char* name) {
   if (in == nullptr) return {StatusCode::null_pointer, std::string(name) + " is null"};
-  if (in->struct_size < sizeof(in->struct_size)) {
-    return {StatusCode::invalid_argument,
-            std::string(name) + "->struct_size is " + std::to_string(in->struct_size) +
-                ": set it to sizeof(" + name + ") (the *_init functions do)"};
+  const std::size_t size = in->struct_size;
+  if (size < sizeof(T) && std::ranges::find(kOlderSizes<T>, size) == kOlderSizes<T>.end()) {
+    return {StatusCode::invalid_argument, std::string(name) + "->struct_size is " +
+                                              std::to_string(size) +
+                                              ", the size of no revision of it: set it to sizeof(" +
+                                              name + ") (the *_init functions do)"};
   }
-  std::memcpy(&out, in, std::min<std::size_t>(in->struct_size, sizeof(T)));
+  std::memcpy(&out, in, std::min(size, sizeof(T)));
   return {};
 }
 
