@@ -1244,6 +1244,17 @@ class CApiErrors : public Errors {
     cw.gate_up = c_tensor(weights.gate_up.cref());
     cw.down = c_tensor(weights.down.cref());
   }
+  // Arguments of a forward call that `layer` accepts, with `ws` sized for them.
+  fusedmoe_forward_args valid_args(const fusedmoe_layer* layer, std::vector<std::byte>& ws) {
+    fusedmoe_forward_args a;
+    fusedmoe_forward_args_init(&a);
+    ws.resize(fusedmoe_layer_workspace_size(layer, kTokens));
+    a.x = c_tensor(x.cref());
+    a.out = c_tensor(out.cref());
+    a.workspace = ws.data();
+    a.workspace_bytes = ws.size();
+    return a;
+  }
   fusedmoe_layer_config cc;
   fusedmoe_weights cw;
 };
@@ -1253,13 +1264,8 @@ TEST_F(CApiErrors, ValidCallSucceedsAndClearsNothing) {
   ASSERT_EQ(fusedmoe_layer_create(&cc, &cw, FUSEDMOE_BACKEND_CPU, &layer), FUSEDMOE_OK)
       << fusedmoe_last_error();
   ASSERT_NE(layer, nullptr);
-  fusedmoe_forward_args a;
-  fusedmoe_forward_args_init(&a);
-  std::vector<std::byte> ws(fusedmoe_layer_workspace_size(layer, kTokens));
-  a.x = c_tensor(x.cref());
-  a.out = c_tensor(out.cref());
-  a.workspace = ws.data();
-  a.workspace_bytes = ws.size();
+  std::vector<std::byte> ws;
+  fusedmoe_forward_args a = valid_args(layer, ws);
   EXPECT_EQ(fusedmoe_layer_forward(layer, &a), FUSEDMOE_OK) << fusedmoe_last_error();
   EXPECT_EQ(test::count_poison(out.cref()), 0);
   fusedmoe_layer_destroy(layer);
@@ -1301,13 +1307,9 @@ TEST_F(CApiErrors, StructSizeOfNoRevisionIsRefused) {
     fusedmoe_forward_args a;
     std::int64_t appended[2];  // fields of a later revision
   } newer{};
+  std::vector<std::byte> ws;
   fusedmoe_forward_args& a = newer.a;
-  fusedmoe_forward_args_init(&a);
-  std::vector<std::byte> ws(fusedmoe_layer_workspace_size(layer, kTokens));
-  a.x = c_tensor(x.cref());
-  a.out = c_tensor(out.cref());
-  a.workspace = ws.data();
-  a.workspace_bytes = ws.size();
+  a = valid_args(layer, ws);
   std::vector<std::int32_t> ids(static_cast<std::size_t>(kTokens * config.top_k), -7);
   const std::int64_t ids_shape[2] = {kTokens, config.top_k};
   a.ids_out = fusedmoe_cpu_tensor(ids.data(), FUSEDMOE_I32, 2, ids_shape);
@@ -1388,12 +1390,8 @@ TEST_F(CApiErrors, DeviceMismatchAndUnsupportedArch) {
 TEST_F(CApiErrors, ForwardErrorsLeaveOutUntouched) {
   fusedmoe_layer* layer = nullptr;
   ASSERT_EQ(fusedmoe_layer_create(&cc, &cw, FUSEDMOE_BACKEND_CPU, &layer), FUSEDMOE_OK);
-  fusedmoe_forward_args a;
-  fusedmoe_forward_args_init(&a);
-  std::vector<std::byte> ws(fusedmoe_layer_workspace_size(layer, kTokens));
-  a.x = c_tensor(x.cref());
-  a.out = c_tensor(out.cref());
-  a.workspace = ws.data();
+  std::vector<std::byte> ws;
+  fusedmoe_forward_args a = valid_args(layer, ws);
   a.workspace_bytes = ws.size() - 1;
   EXPECT_EQ(fusedmoe_layer_forward(layer, &a), FUSEDMOE_WORKSPACE_TOO_SMALL);
   EXPECT_NE(std::string(fusedmoe_last_error()).find("workspace"), std::string::npos);
